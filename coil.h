@@ -1,0 +1,18 @@
+// The one header a coil user includes: #include <coil/coil.h>
+#pragma once
+
+#include "core/allocator.h"
+#include "core/device.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/op_table.h"
+#include "core/parallel.h"
+#include "core/rng.h"
+#include "core/scalar.h"
+#include "core/tensor.h"
+
+#include "autograd/autograd.h"
+
+#include "ops/ops.h"
+
+#include "nn/nn.h"

@@ -1,0 +1,30 @@
+// Devices: cpu and cuda:N. CUDA kernels come with the CUDA backend; until a build has it,
+// asking for a cuda tensor is a clear error.
+#pragma once
+#include <ostream>
+#include <string>
+
+namespace coil {
+
+enum class DeviceType : uint8_t { cpu = 0, cuda = 1 };
+inline constexpr int kNumDeviceTypes = 2;
+
+struct Device {
+  DeviceType type = DeviceType::cpu;
+  int index = 0;
+  Device() = default;
+  Device(DeviceType t, int i = 0) : type(t), index(i) {}  // NOLINT: Device(kCPU) reads well
+  explicit Device(const std::string& spec);               // "cpu", "cuda", "cuda:1"
+  bool is_cpu() const { return type == DeviceType::cpu; }
+  bool is_cuda() const { return type == DeviceType::cuda; }
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string str() const;
+};
+inline constexpr DeviceType kCPU = DeviceType::cpu, kCUDA = DeviceType::cuda;
+inline std::ostream& operator<<(std::ostream& os, const Device& d) { return os << d.str(); }
+
+// True when this build has a CUDA backend registered (filled in by the CUDA layer).
+bool cuda_available();
+
+}  // namespace coil

@@ -1,0 +1,4 @@
+// nn: modules, layers and optimizers.
+#pragma once
+
+#include "optim/optim.h"

@@ -1,0 +1,121 @@
+// Copies and conversions. One copy kernel (any strides, any dtype pair) serves clone, to(dtype),
+// contiguous and copy_.
+#include "copy.h"
+
+#include "../autograd/autograd.h"
+#include "binary.h"
+#include "creation.h"
+#include "op_helpers.h"
+
+namespace coil {
+
+namespace detail {
+Tensor cast(const Tensor& x, DType t) {
+  static const OpInfo& op = op_info("to_dtype");
+  Tensor out = empty(x.sizes(), Options(t, x.device()));
+  kernel_for<CopyKernel>(op, x.device())(out, x);
+  return out;
+}
+}  // namespace detail
+
+Tensor to_dtype(const Tensor& x, DType t) {
+  COIL_OP("to_dtype");
+  if (any_distributed({&x})) return dist_dispatch(op_, {x}, {{"dtype", t}})[0];
+  if (x.dtype() == t) return x;
+  Tensor out = detail::cast(x, t);
+  if (is_floating(t) && needs_grad({&x})) {
+    DType from = x.dtype();
+    record("to_dtype", {x}, {out}, [from](const TensorList& g) { return TensorList{to_dtype(g[0], from)}; });
+  }
+  return out;
+}
+
+Tensor clone(const Tensor& x) {
+  COIL_OP("clone");
+  if (any_distributed({&x})) return dist_dispatch(op_, {x}, {})[0];
+  Tensor out = empty(x.sizes(), Options(x.dtype(), x.device()));
+  kernel_for<CopyKernel>(op_, x.device())(out, x);
+  if (needs_grad({&x})) record("clone", {x}, {out}, [](const TensorList& g) { return TensorList{g[0]}; });
+  return out;
+}
+
+Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
+
+Tensor Tensor::clone() const { return coil::clone(*this); }
+Tensor Tensor::contiguous() const { return coil::contiguous(*this); }
+Tensor Tensor::to(DType t) const { return to_dtype(*this, t); }
+Tensor Tensor::to(Device d) const {
+  if (d == device()) return *this;
+  COIL_CHECK(d.is_cpu() || cuda_available(), "to: this build of coil has no CUDA backend; cannot move ",
+             "a tensor to ", d);
+  fail("to: copies between ", device(), " and ", d, " need the CUDA backend");
+}
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  COIL_OP("copy_");
+  COIL_CHECK(!(GradMode::is_enabled() && (requires_grad() || src.requires_grad())),
+             "copy_: in-place copy is not recorded by autograd, and ",
+             requires_grad() ? "the destination" : "the source",
+             " requires grad; use out-of-place ops or wrap it in NoGradGuard");
+  Shape b = broadcast_shapes("copy_", sizes(), src.sizes());
+  COIL_CHECK(b == sizes(), "copy_: source of shape ", src.shape_str(), " cannot be broadcast to ",
+             shape_str());
+  check_same_device("copy_", {*this, src});
+  kernel_for<CopyKernel>(op_, device())(*this, src);
+  bump_version();
+  return *this;
+}
+
+Tensor& Tensor::fill_(Scalar v) {
+  COIL_OP("fill_");
+  COIL_CHECK(!(GradMode::is_enabled() && is_leaf() && requires_grad()), "fill_: a leaf tensor that ",
+             "requires grad is used in an in-place operation; wrap it in NoGradGuard");
+  kernel_for<FillKernel>(op_, device())(*this, v.to_double());
+  bump_version();
+  return *this;
+}
+
+namespace {
+void register_copy() {
+  {
+    OpInfo& o = register_op("to_dtype", "copy");
+    o.set_kernel(kCPU, &cpu::copy_kernel);
+    o.boxed = [](const TensorList& in, const Attrs& a) { return TensorList{to_dtype(in[0], attr<DType>(a, "dtype"))}; };
+    o.gradcheck = [] {
+      return GradcheckCase{{detail::gc_rand({3, 4})},
+                           [](const TensorList& x) { return to_dtype(to_dtype(x[0], kF32), kF64) * x[0]; }};
+    };
+  }
+  {
+    OpInfo& o = register_op("clone", "copy");
+    o.set_kernel(kCPU, &cpu::copy_kernel);
+    o.boxed = [](const TensorList& in, const Attrs&) { return TensorList{clone(in[0])}; };
+    o.gradcheck = [] {
+      return GradcheckCase{{detail::gc_rand({3, 4})}, [](const TensorList& x) { return clone(x[0].t()); }};
+    };
+  }
+  {
+    OpInfo& o = register_op("copy_", "copy");
+    o.differentiable = false;
+    o.set_kernel(kCPU, &cpu::copy_kernel);
+    o.boxed = [](const TensorList& in, const Attrs&) {
+      Tensor d = in[0];
+      d.copy_(in[1]);
+      return TensorList{d};
+    };
+  }
+  {
+    OpInfo& o = register_op("fill_", "copy");
+    o.differentiable = false;
+    o.set_kernel(kCPU, &cpu::fill_kernel);
+    o.boxed = [](const TensorList& in, const Attrs& a) {
+      Tensor d = in[0];
+      d.fill_(attr<double>(a, "value"));
+      return TensorList{d};
+    };
+  }
+}
+OpRegistrar reg(register_copy);
+}  // namespace
+
+}  // namespace coil

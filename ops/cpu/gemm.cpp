@@ -1,0 +1,98 @@
+// CPU GEMM: f32/f64 through OpenBLAS's cblas (OpenMP build), integers by plain loops.
+// Layout: out (B, n, m) contiguous; a (B, n, k) and b (B, k, m) with any strides. A matrix whose
+// last or second-last stride is 1 goes to BLAS as is (NoTrans or Trans); others are copied.
+#include <cblas.h>
+
+#include <type_traits>
+
+#include "../../core/parallel.h"
+#include "kernels.h"
+
+namespace coil::cpu {
+
+namespace {
+
+struct MatView {
+  CBLAS_TRANSPOSE trans;
+  int64_t ld;
+};
+// How BLAS should read a row-major (rows x cols) matrix with these strides, if it can.
+bool blas_view(int64_t rows, int64_t cols, int64_t s_row, int64_t s_col, MatView* v) {
+  if (s_col == 1 && (s_row >= std::max<int64_t>(cols, 1) || rows == 1)) {
+    *v = {CblasNoTrans, std::max<int64_t>(rows == 1 ? cols : s_row, 1)};
+    return true;
+  }
+  if (s_row == 1 && (s_col >= std::max<int64_t>(rows, 1) || cols == 1)) {
+    *v = {CblasTrans, std::max<int64_t>(cols == 1 ? rows : s_col, 1)};
+    return true;
+  }
+  return false;
+}
+
+template <class T>
+void gemm_one(int64_t n, int64_t m, int64_t k, const T* a, MatView va, const T* b, MatView vb, T* c) {
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
+                1.0f, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld), 0.0f, c, static_cast<int>(m));
+  } else {
+    cblas_dgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
+                1.0, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld), 0.0, c, static_cast<int>(m));
+  }
+}
+
+}  // namespace
+
+void gemm_kernel(const Tensor& out, const Tensor& a_in, const Tensor& b_in) {
+  const int64_t B = out.sizes()[0], n = out.sizes()[1], m = out.sizes()[2], k = a_in.sizes()[2];
+  dispatch_dtype(out.dtype(), "matmul", [&]<class T>() {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      if (k == 0) {
+        T* c = out.data_ptr<T>();
+        for (int64_t i = 0; i < B * n * m; ++i) c[i] = 0;
+        return;
+      }
+      if (n == 0 || m == 0) return;
+      Tensor a = a_in, b = b_in;
+      MatView va, vb;
+      if (!blas_view(n, k, a.strides()[1], a.strides()[2], &va)) {
+        a = a.contiguous();
+        blas_view(n, k, a.strides()[1], a.strides()[2], &va);
+      }
+      if (!blas_view(k, m, b.strides()[1], b.strides()[2], &vb)) {
+        b = b.contiguous();
+        blas_view(k, m, b.strides()[1], b.strides()[2], &vb);
+      }
+      const T* ap = a.data_ptr<T>();
+      const T* bp = b.data_ptr<T>();
+      T* cp = out.data_ptr<T>();
+      const int64_t sa = a.strides()[0], sb = b.strides()[0];
+      auto one = [&](int64_t i) { gemm_one<T>(n, m, k, ap + i * sa, va, bp + i * sb, vb, cp + i * n * m); };
+      // Many small products: one per thread (BLAS runs single-threaded inside the region).
+      if (B > 1 && n * m * k < (1 << 18)) {
+        parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+          for (int64_t i = lo; i < hi; ++i) one(i);
+        });
+      } else {
+        for (int64_t i = 0; i < B; ++i) one(i);
+      }
+    } else if constexpr (std::is_same_v<T, int32_t> || std::is_same_v<T, int64_t>) {
+      const T* ap = a_in.data_ptr<T>();
+      const T* bp = b_in.data_ptr<T>();
+      T* cp = out.data_ptr<T>();
+      const auto& as = a_in.strides();
+      const auto& bs = b_in.strides();
+      for (int64_t z = 0; z < B; ++z)
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < m; ++j) {
+            T s = 0;
+            for (int64_t p = 0; p < k; ++p)
+              s += ap[z * as[0] + i * as[1] + p * as[2]] * bp[z * bs[0] + p * bs[1] + j * bs[2]];
+            cp[(z * n + i) * m + j] = s;
+          }
+    } else {
+      fail("matmul: unsupported dtype ", out.dtype());
+    }
+  });
+}
+
+}  // namespace coil::cpu

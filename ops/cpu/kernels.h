@@ -1,0 +1,84 @@
+// Kernel signatures per op family (internal). The op layer looks a kernel up in the op table for
+// the tensor's device and calls it with allocated outputs; kernels never allocate results.
+#pragma once
+#include <cstdint>
+
+#include "../../core/tensor.h"
+
+namespace coil {
+
+enum class UnaryOp : int {
+  neg, exp, log, log1p, sqrt, rsqrt, abs, tanh, sigmoid, silu, softplus, gelu, relu, pow,
+  clamp, square, sign, reciprocal, isfinite, logical_not, erf
+};
+enum class BinaryOp : int { add, sub, mul, div, pow, maximum, minimum, eq, ne, lt, le, gt, ge };
+enum class ReduceOp : int { sum, prod, max, min, argmax, argmin, logsumexp, any_nonfinite };
+
+// out = f(in); p0, p1 carry pow's exponent, clamp's bounds, softplus's beta and threshold,
+// gelu's approximate flag. in has out's compute dtype (or any, for isfinite/logical_not).
+using UnaryKernel = void (*)(UnaryOp op, const Tensor& out, const Tensor& in, double p0, double p1);
+// out = a (op) b with broadcasting; alpha scales b for add/sub.
+using BinaryKernel = void (*)(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b,
+                              double alpha);
+using WhereKernel = void (*)(const Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b);
+// Copies src into dst (same shape, any strides, any dtypes).
+using CopyKernel = void (*)(const Tensor& dst, const Tensor& src);
+using FillKernel = void (*)(const Tensor& out, double value);
+// Reduces in (contiguous, viewed as [outer, r]) over its last dim into out [outer] (contiguous).
+// idx receives argmax/argmin positions for max/min when defined.
+using ReduceKernel = void (*)(ReduceOp op, const Tensor& out, const Tensor& idx, const Tensor& in,
+                              int64_t outer, int64_t r);
+
+namespace cpu {
+void unary_kernel(UnaryOp op, const Tensor& out, const Tensor& in, double p0, double p1);
+void binary_kernel(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, double alpha);
+void where_kernel(const Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b);
+void copy_kernel(const Tensor& dst, const Tensor& src);
+void fill_kernel(const Tensor& out, double value);
+void reduce_kernel(ReduceOp op, const Tensor& out, const Tensor& idx, const Tensor& in,
+                   int64_t outer, int64_t r);
+}  // namespace cpu
+
+// Calls f.template operator()<T>() for the C++ type of t (16-bit floats as BFloat16/Half).
+template <class F>
+void dispatch_dtype(DType t, const char* op, F&& f) {
+  switch (t) {
+    case kF32: f.template operator()<float>(); return;
+    case kF64: f.template operator()<double>(); return;
+    case kI32: f.template operator()<int32_t>(); return;
+    case kI64: f.template operator()<int64_t>(); return;
+    case kBool: f.template operator()<bool>(); return;
+    case kBF16: f.template operator()<BFloat16>(); return;
+    case kF16: f.template operator()<Half>(); return;
+  }
+  fail(op, ": unsupported dtype ", t);
+}
+
+}  // namespace coil
+
+namespace coil {
+struct PhiloxDraw;
+enum class RandomKind : int { uniform, normal, randint, bernoulli };
+// Fills contiguous `out`: element i uses Philox counter draw.offset + i.
+using RandomKernel = void (*)(RandomKind kind, const Tensor& out, double a, double b,
+                              uint64_t seed, uint64_t offset);
+namespace cpu {
+void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed, uint64_t offset);
+}
+}  // namespace coil
+
+namespace coil {
+enum class ScanOp : int { cumsum, cumprod, cumprod_grad };
+// `in` (and `aux`) contiguous, viewed as [outer, n, inner]; scans along n into contiguous out.
+// cumprod_grad: in = x, aux = grad of cumprod(x); out = grad of x (exact with zeros).
+using ScanKernel = void (*)(ScanOp op, const Tensor& out, const Tensor& in, const Tensor& aux,
+                            int64_t outer, int64_t n, int64_t inner, bool reverse);
+// out (B, n, m) contiguous = a (B, n, k) @ b (B, k, m); a and b any strides (batch stride may be
+// 0 for broadcast); same dtype, f32/f64/i32/i64.
+using GemmKernel = void (*)(const Tensor& out, const Tensor& a, const Tensor& b);
+namespace cpu {
+void scan_kernel(ScanOp op, const Tensor& out, const Tensor& in, const Tensor& aux, int64_t outer,
+                 int64_t n, int64_t inner, bool reverse);
+void gemm_kernel(const Tensor& out, const Tensor& a, const Tensor& b);
+}  // namespace cpu
+}  // namespace coil

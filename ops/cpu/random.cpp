@@ -1,0 +1,45 @@
+// CPU random fill. Element i draws from Philox counter (offset + i): results do not depend on
+// how the range is split over threads.
+#include <cmath>
+
+#include "../../core/parallel.h"
+#include "../../core/rng.h"
+#include "kernels.h"
+
+namespace coil::cpu {
+
+void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed, uint64_t offset) {
+  const int64_t n = out.numel();
+  dispatch_dtype(out.dtype(), "random", [&]<class T>() {
+    T* o = out.data_ptr<T>();
+    parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        auto r = philox4x32(seed, offset + static_cast<uint64_t>(i));
+        double v = 0;
+        switch (kind) {
+          case RandomKind::uniform: v = a + (b - a) * uint_to_unit_f64(r[0], r[1]); break;
+          case RandomKind::normal: {  // Box-Muller on two 53-bit uniforms
+            double u1 = 1.0 - uint_to_unit_f64(r[0], r[1]);  // (0, 1]
+            double u2 = uint_to_unit_f64(r[2], r[3]);
+            v = a + b * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+            break;
+          }
+          case RandomKind::randint: {
+            uint64_t span = static_cast<uint64_t>(b - a);
+            uint64_t x = (static_cast<uint64_t>(r[0]) << 32) | r[1];
+            v = a + static_cast<double>(x % span);
+            break;
+          }
+          case RandomKind::bernoulli: v = uint_to_unit_f64(r[0], r[1]) < a ? 1.0 : 0.0; break;
+        }
+        if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
+          o[i] = T(static_cast<float>(v));
+        } else {
+          o[i] = static_cast<T>(v);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace coil::cpu

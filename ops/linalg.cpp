@@ -1,0 +1,140 @@
+// matmul and linear are compositions of views around one primitive, the batched product
+// (B, n, k) x (B, k, m); its backward is two more batched products.
+#include "linalg.h"
+
+#include "binary.h"
+#include "copy.h"
+#include "op_helpers.h"
+#include "reduce.h"
+#include "view.h"
+
+namespace coil {
+
+namespace {
+
+// a (B, n, k), b (B, k, m) -> (B, n, m); B may be broadcast through a zero batch stride.
+Tensor bmm_prim(const Tensor& a, const Tensor& b) {
+  COIL_OP("bmm");
+  DType rt = promote_types(a.dtype(), b.dtype()), ct = compute_dtype(rt);
+  Tensor ac = detail::as_compute(a, ct), bc = detail::as_compute(b, ct);
+  Tensor out = empty({a.sizes()[0], a.sizes()[1], b.sizes()[2]}, Options(ct, a.device()));
+  kernel_for<GemmKernel>(op_, a.device())(out, ac, bc);
+  if (ct != rt) out = detail::cast(out, rt);
+  if (is_floating(rt) && needs_grad({&a, &b})) {
+    bool ga = a.requires_grad(), gb = b.requires_grad();
+    SavedTensor sa = gb ? SavedTensor(a, "bmm") : SavedTensor();
+    SavedTensor sb = ga ? SavedTensor(b, "bmm") : SavedTensor();
+    record("bmm", {a, b}, {out}, [ga, gb, sa, sb](const TensorList& g) {
+      return TensorList{ga ? bmm_prim(g[0], transpose(sb.unpack(), 1, 2)) : Tensor(),
+                        gb ? bmm_prim(transpose(sa.unpack(), 1, 2), g[0]) : Tensor()};
+    });
+  }
+  check_anomaly("bmm", {a, b}, {out});
+  return out;
+}
+
+}  // namespace
+
+Tensor bmm(const Tensor& a, const Tensor& b) {
+  COIL_OP("bmm");
+  if (any_distributed({&a, &b})) return dist_dispatch(op_, {a, b}, {})[0];
+  COIL_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-d tensors, got ", a.shape_str(), " and ", b.shape_str());
+  COIL_CHECK(a.sizes()[0] == b.sizes()[0] && a.sizes()[2] == b.sizes()[1], "bmm: shapes ", a.shape_str(), " and ",
+             b.shape_str(), " cannot be multiplied");
+  check_same_device("bmm", {a, b});
+  return bmm_prim(a, b);
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  COIL_OP("matmul");
+  if (any_distributed({&a, &b})) return dist_dispatch(op_, {a, b}, {})[0];
+  check_same_device("matmul", {a, b});
+  COIL_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ", a.shape_str(),
+             " and ", b.shape_str());
+  const bool a1 = a.dim() == 1, b1 = b.dim() == 1;
+  Tensor A = a1 ? unsqueeze(a, 0) : a;   // (.., n, k)
+  Tensor B = b1 ? unsqueeze(b, -1) : b;  // (.., k, m)
+  const int64_t n = A.size(-2), k = A.size(-1), k2 = B.size(-2), m = B.size(-1);
+  COIL_CHECK(k == k2, "matmul: shapes ", a.shape_str(), " and ", b.shape_str(), " cannot be multiplied (", k,
+             " vs ", k2, ")");
+  Shape ba(A.sizes().begin(), A.sizes().end() - 2), bb(B.sizes().begin(), B.sizes().end() - 2);
+  Shape batch = broadcast_shapes("matmul", ba, bb);
+  int64_t nb = shape_numel(batch);
+  Tensor out;
+  Shape ea = batch, eb = batch;
+  ea.push_back(n);
+  ea.push_back(k);
+  eb.push_back(k);
+  eb.push_back(m);
+  if (bb.empty() && !ba.empty()) {
+    // (.., n, k) x (k, m): one GEMM over all rows of a.
+    Tensor A2 = reshape(A, {nb * n, k});
+    out = reshape(bmm_prim(unsqueeze(A2, 0), unsqueeze(B, 0)), [&] {
+      Shape s = batch;
+      s.push_back(n);
+      s.push_back(m);
+      return s;
+    }());
+  } else {
+    Tensor A3 = reshape(expand(A, ea), {nb, n, k});
+    Tensor B3 = reshape(expand(B, eb), {nb, k, m});
+    Shape s = batch;
+    s.push_back(n);
+    s.push_back(m);
+    out = reshape(bmm_prim(A3, B3), s);
+  }
+  if (a1) out = squeeze(out, -2);
+  if (b1) out = squeeze(out, -1);
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  COIL_OP("linear");
+  if (any_distributed({&x, &weight, &bias})) return dist_dispatch(op_, {x, weight, bias}, {})[0];
+  COIL_CHECK(weight.dim() == 2, "linear: weight must be 2-d (out, in), got ", weight.shape_str());
+  COIL_CHECK(x.dim() >= 1 && x.size(-1) == weight.sizes()[1], "linear: input ", x.shape_str(),
+             " does not match weight ", weight.shape_str(), " (in_features ", weight.sizes()[1], ")");
+  if (bias.defined()) {
+    COIL_CHECK(bias.dim() == 1 && bias.sizes()[0] == weight.sizes()[0], "linear: bias ", bias.shape_str(),
+               " does not match out_features ", weight.sizes()[0]);
+  }
+  Tensor y = matmul(x, weight.t());
+  return bias.defined() ? y + bias : y;
+}
+
+Tensor Tensor::matmul(const Tensor& o) const { return coil::matmul(*this, o); }
+
+namespace {
+void register_linalg() {
+  {
+    OpInfo& o = register_op("bmm", "linalg");
+    o.set_kernel(kCPU, &cpu::gemm_kernel);
+    o.boxed = [](const TensorList& i, const Attrs&) { return TensorList{bmm(i[0], i[1])}; };
+    o.gradcheck = [] {
+      return GradcheckCase{{detail::gc_rand({2, 3, 4}), detail::gc_rand({2, 5, 4})},
+                           [](const TensorList& x) { return bmm(x[0], transpose(x[1], 1, 2)); }};
+    };
+  }
+  {
+    OpInfo& o = register_op("matmul", "linalg");
+    o.composite = true;
+    o.boxed = [](const TensorList& i, const Attrs&) { return TensorList{matmul(i[0], i[1])}; };
+    o.gradcheck = [] {
+      return GradcheckCase{{detail::gc_rand({2, 1, 3, 4}), detail::gc_rand({3, 4, 2})},
+                           [](const TensorList& x) { return matmul(x[0], x[1]); }};
+    };
+  }
+  {
+    OpInfo& o = register_op("linear", "linalg");
+    o.composite = true;
+    o.boxed = [](const TensorList& i, const Attrs&) { return TensorList{linear(i[0], i[1], i.size() > 2 ? i[2] : Tensor())}; };
+    o.gradcheck = [] {
+      return GradcheckCase{{detail::gc_rand({2, 3, 4}), detail::gc_rand({5, 4}), detail::gc_rand({5})},
+                           [](const TensorList& x) { return linear(x[0], x[1], x[2]); }};
+    };
+  }
+}
+OpRegistrar reg(register_linalg);
+}  // namespace
+
+}  // namespace coil

@@ -1,0 +1,26 @@
+// Internal helpers shared by the op families (not installed as public API).
+#pragma once
+#include "../autograd/node.h"
+#include "../core/op_table.h"
+#include "cpu/kernels.h"
+
+namespace coil::detail {
+
+// A new contiguous tensor; no autograd.
+inline Tensor new_like_shape(const Shape& s, DType t, Device d) { return empty(s, Options(t, d)); }
+// A dtype conversion outside autograd (kernels' input preparation).
+Tensor cast(const Tensor& x, DType t);
+// x in the dtype kernels compute in for `t` (16-bit floats widen to f32).
+inline Tensor as_compute(const Tensor& x, DType t) { return x.dtype() == t ? x : cast(x, t); }
+// The gradcheck inputs of the registry: float64 in [lo, hi), requiring grad.
+Tensor gc_rand(const Shape& s, double lo = -1, double hi = 1, bool requires_grad = true);
+// A scalar the way the op layer passes it around: a wrapped-number 0-d tensor.
+inline Tensor wrap(Scalar s, Device d = Device()) { return scalar_tensor(s, s.wrapped_dtype(), d); }
+// Dims normalised, deduplicated and sorted; empty means all.
+Shape reduce_dims(const char* op, const Shape& dims, int64_t ndim);
+
+// The op's row, looked up once per call site.
+#define COIL_OP(name)                                  \
+  static const ::coil::OpInfo& op_ = ::coil::op_info(name)
+
+}  // namespace coil::detail

@@ -1,0 +1,87 @@
+// Helpers for tests: independent float64 references over explicit indices.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <coil/coil.h>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace ct {
+
+using coil::Shape;
+using coil::Tensor;
+
+// Row-major multi-index of flat position i in shape.
+inline Shape unravel(int64_t i, const Shape& shape) {
+  Shape idx(shape.size());
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+    int64_t n = shape[d];
+    idx[d] = n ? i % n : 0;
+    i = n ? i / n : 0;
+  }
+  return idx;
+}
+inline int64_t ravel(const Shape& idx, const Shape& shape) {
+  int64_t i = 0;
+  for (size_t d = 0; d < shape.size(); ++d) i = i * shape[d] + idx[d];
+  return i;
+}
+// Flat position in `shape` that a broadcast output index reads.
+inline int64_t bcast_pos(const Shape& out_idx, const Shape& shape) {
+  Shape idx(shape.size());
+  size_t off = out_idx.size() - shape.size();
+  for (size_t d = 0; d < shape.size(); ++d) idx[d] = shape[d] == 1 ? 0 : out_idx[d + off];
+  return ravel(idx, shape);
+}
+
+inline std::vector<double> vals(const Tensor& t) { return coil::to_vector<double>(t); }
+
+// A tensor with random values in [lo, hi), in dtype, optionally as a non-contiguous view
+// (a transposed copy transposed back, so the values are the same but the strides are not).
+inline Tensor rnd(const Shape& s, coil::DType t = coil::kF32, double lo = -2, double hi = 2, bool noncontig = false) {
+  Tensor x = coil::rand(s, coil::kF64) * (hi - lo) + lo;
+  x = x.to(t);
+  if (noncontig && s.size() >= 2) {
+    int64_t a = static_cast<int64_t>(s.size()) - 1, b = a - 1;
+    x = x.transpose(a, b).contiguous().transpose(a, b);
+  }
+  return x;
+}
+
+// Normwise and elementwise closeness against a float64 reference.
+inline void check_close(const Tensor& got, const std::vector<double>& ref, double rtol, double atol,
+                        const std::string& what = "") {
+  std::vector<double> g = vals(got);
+  REQUIRE_MESSAGE(g.size() == ref.size(), what << ": size " << g.size() << " vs " << ref.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    bool both_nan = std::isnan(g[i]) && std::isnan(ref[i]);
+    bool same_inf = std::isinf(g[i]) && g[i] == ref[i];
+    if (both_nan || same_inf) continue;
+    if (!(std::fabs(g[i] - ref[i]) <= atol + rtol * std::fabs(ref[i]))) {
+      FAIL_CHECK(what << ": element " << i << " got " << g[i] << " expected " << ref[i]);
+      return;
+    }
+  }
+}
+
+inline void check_gradcheck(const std::function<Tensor(const coil::TensorList&)>& fn, const coil::TensorList& in,
+                            double atol = 1e-5, double rtol = 1e-3) {
+  auto r = coil::gradcheck(fn, in, 1e-6, atol, rtol);
+  CHECK_MESSAGE(r.ok, r.message);
+}
+
+// Runs fn and checks it throws coil::Error whose message contains every fragment.
+inline void check_error(const std::function<void()>& fn, const std::vector<std::string>& fragments) {
+  try {
+    fn();
+  } catch (const coil::Error& e) {
+    std::string m = e.what();
+    for (const auto& f : fragments) CHECK_MESSAGE(m.find(f) != std::string::npos, "message '" << m << "' lacks '" << f << "'");
+    return;
+  }
+  FAIL_CHECK("expected coil::Error containing '" << (fragments.empty() ? "" : fragments[0]) << "'");
+}
+
+}  // namespace ct
