@@ -62,6 +62,10 @@ TensorList FunctionNode::apply(TensorList&& grads) {
 
 TensorList AccumulateGrad::apply(TensorList&& grads) {
   Tensor g = grads[0];
+  for (auto& hook : variable->hooks) {
+    Tensor r = hook(g);
+    if (r.defined()) g = conform(r, outputs[0], *this);
+  }
   if (!variable->grad) {
     // Take the incoming buffer if nobody else holds it; otherwise own a copy.
     bool exclusive = g.impl_ptr().use_count() == 1 && g.impl().storage.use_count() == 1 &&
@@ -193,7 +197,11 @@ void run_backward(const TensorList& roots, const TensorList& root_grads, bool re
         if (r.defined()) grads[i] = conform(r, n->outputs[i], *n);
       }
     }
-    TensorList in_grads = n->apply(std::move(grads));
+    TensorList in_grads;
+    {
+      AnomalyContext ctx(n->name);
+      in_grads = n->apply(std::move(grads));
+    }
     if (!retain_graph) n->release();
     check_anomaly("backward of " + n->name, {}, in_grads);
     for (size_t i = 0; i < n->next_edges.size(); ++i) {
@@ -223,6 +231,10 @@ void Tensor::backward(const Tensor& grad, bool retain_graph) const {
 void Tensor::register_hook(TensorHook hook) const {
   COIL_CHECK(requires_grad(), "register_hook: cannot register a hook on a tensor that does not ",
              "require grad (shape ", shape_str(), ")");
+  if (is_leaf()) {
+    impl().hooks.push_back(std::move(hook));  // the accumulator node may not exist yet
+    return;
+  }
   Edge e = gradient_edge(*this);
   e.fn->pre_hooks[e.input_nr].push_back(std::move(hook));
 }

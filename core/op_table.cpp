@@ -64,10 +64,21 @@ TensorList dist_dispatch(const OpInfo& op, const TensorList& inputs, const Attrs
   return dist_handler()(op, inputs, attrs);
 }
 
+namespace {
+thread_local const std::string* t_anomaly_node = nullptr;
+}
+AnomalyContext::AnomalyContext(const std::string& node) : prev_(t_anomaly_node) { t_anomaly_node = &node; }
+AnomalyContext::~AnomalyContext() { t_anomaly_node = prev_; }
+
 namespace detail {
 bool g_anomaly_mode = false;
 void run_anomaly_check(const std::string& where, const TensorList& in, const TensorList& out) {
-  if (g_anomaly_check) g_anomaly_check(where, in, out);
+  if (!g_anomaly_check) return;
+  if (t_anomaly_node) {
+    g_anomaly_check(where + " (in the backward of " + *t_anomaly_node + ")", in, out);
+  } else {
+    g_anomaly_check(where, in, out);
+  }
 }
 }  // namespace detail
 

@@ -44,6 +44,7 @@ using BoxedFn = std::function<TensorList(const TensorList& inputs, const Attrs& 
 struct GradcheckCase {
   TensorList inputs;  // inputs with requires_grad set are checked
   std::function<Tensor(const TensorList&)> fn;
+  double eps = 1e-6, atol = 1e-5, rtol = 1e-3;
 };
 
 struct OpInfo {
@@ -105,6 +106,17 @@ void set_anomaly_mode(bool on);
 // Called by every op entry on its outputs; a no-op unless anomaly mode is on.
 inline void check_anomaly(const std::string& where, const TensorList& inputs,
                           const TensorList& outputs);
+// Names the backward node being run, so an anomaly inside its formula says whose it is.
+class AnomalyContext {
+ public:
+  explicit AnomalyContext(const std::string& node);
+  ~AnomalyContext();
+  AnomalyContext(const AnomalyContext&) = delete;
+  AnomalyContext& operator=(const AnomalyContext&) = delete;
+
+ private:
+  const std::string* prev_;
+};
 namespace detail {
 extern bool g_anomaly_mode;
 void run_anomaly_check(const std::string&, const TensorList&, const TensorList&);

@@ -20,8 +20,9 @@ class Scalar {
   int64_t to_int() const { return i_; }
   bool is_floating() const { return kind_ == kF64; }
   bool is_bool() const { return kind_ == kBool; }
-  // The dtype a wrapped number of this kind has: floats default to f32, ints to i64.
-  DType wrapped_dtype() const { return kind_ == kF64 ? kF32 : kind_; }
+  // The dtype a wrapped number is stored in (f64, i64 or bool); type promotion counts a
+  // wrapped float as the default float dtype (f32).
+  DType wrapped_dtype() const { return kind_; }
 
  private:
   double d_ = 0;

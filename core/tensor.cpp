@@ -61,16 +61,12 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
 }
 
 namespace {
-int category(DType t) { return t == kBool ? 0 : is_floating(t) ? 2 : 1; }
 // torch's combine_categories: a lower-priority operand only matters if its category is higher.
 std::optional<DType> combine(std::optional<DType> higher, std::optional<DType> lower) {
   if (!higher) return lower;
   if (!lower) return higher;
-  if (category(*lower) > category(*higher)) {
-    // an f64 wrapped/0-d float over an int tensor gives the default float, as torch does
-    return category(*lower) == 2 && category(*higher) < 2 && *lower == kF64 ? kF32
-           : promote_types(*higher, *lower);
-  }
+  if (is_floating(*higher)) return higher;
+  if (*higher == kBool || is_floating(*lower)) return promote_types(*higher, *lower);
   return higher;
 }
 }  // namespace
@@ -79,8 +75,11 @@ DType result_type(const TensorList& ops) {
   std::optional<DType> dim_r, zero_r, wrapped_r;
   for (const Tensor& t : ops) {
     if (!t.defined()) continue;
-    auto& slot = t.impl().is_wrapped_number ? wrapped_r : (t.dim() == 0 ? zero_r : dim_r);
-    slot = slot ? promote_types(*slot, t.dtype()) : t.dtype();
+    const bool wrapped = t.impl().is_wrapped_number;
+    auto& slot = wrapped ? wrapped_r : (t.dim() == 0 ? zero_r : dim_r);
+    // a wrapped float counts as the default float dtype (f32), whatever it is stored as
+    DType dt = wrapped && is_floating(t.dtype()) ? kF32 : t.dtype();
+    slot = slot ? promote_types(*slot, dt) : dt;
   }
   auto r = combine(dim_r, combine(zero_r, wrapped_r));
   return r ? *r : kF32;

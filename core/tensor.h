@@ -62,6 +62,7 @@ struct TensorImpl {
   std::shared_ptr<Node> grad_fn;  // null for leaves
   uint32_t output_nr = 0;         // which output of grad_fn this is
   std::weak_ptr<Node> grad_accumulator;  // leaves: the node that adds into .grad
+  std::vector<TensorHook> hooks;         // leaves: run on the gradient before accumulation
   std::shared_ptr<DistSpecBase> dist;    // set on DTensors
 };
 

@@ -1,4 +1,4 @@
-// nn: modules, layers and optimizers.
+// nn: optimizers now; modules and layers come with the Mamba issue.
 #pragma once
 
 #include "optim/optim.h"

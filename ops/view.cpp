@@ -58,7 +58,7 @@ Shape infer_shape(const char* op, const Shape& shape, int64_t numel) {
 // copy is needed (torch's computeStride).
 std::optional<Shape> view_strides(const Shape& old_sizes, const Shape& old_strides, const Shape& sizes) {
   Shape ns(sizes.size());
-  if (shape_numel(old_sizes) == 0) return contiguous_strides(sizes);
+  if (shape_numel(old_sizes) == 0 || old_sizes.empty()) return contiguous_strides(sizes);
   int64_t view_d = static_cast<int64_t>(sizes.size()) - 1;
   int64_t chunk_base = old_strides.empty() ? 1 : old_strides.back();
   int64_t tensor_numel = 1, view_numel = 1;

@@ -82,3 +82,62 @@ void scan_kernel(ScanOp op, const Tensor& out, const Tensor& in, const Tensor& a
 void gemm_kernel(const Tensor& out, const Tensor& a, const Tensor& b);
 }  // namespace cpu
 }  // namespace coil
+
+namespace coil {
+// `in` contiguous [outer, n, inner], f32 or f64; writes softmax (log_softmax when `log`) along n,
+// shifted by the max, into contiguous out of the same dtype.
+using SoftmaxKernel = void (*)(const Tensor& out, const Tensor& in, int64_t outer, int64_t n,
+                               int64_t inner, bool log);
+// out = keep ? in * scale : 0 and mask = keep, all contiguous (mask bool). Element i keeps with
+// probability 1 - p from Philox counter offset + i / 4, lane i % 4 ((numel + 3) / 4 counters).
+using DropoutKernel = void (*)(const Tensor& out, const Tensor& mask, const Tensor& in, double p,
+                               double scale, uint64_t seed, uint64_t offset);
+namespace cpu {
+void softmax_kernel(const Tensor& out, const Tensor& in, int64_t outer, int64_t n, int64_t inner,
+                    bool log);
+void dropout_kernel(const Tensor& out, const Tensor& mask, const Tensor& in, double p, double scale,
+                    uint64_t seed, uint64_t offset);
+}  // namespace cpu
+}  // namespace coil
+
+namespace coil {
+// The geometry of an indexing kernel. The indexed tensor is viewed as contiguous [outer, n, inner]
+// and the index-shaped operands as contiguous [outer, m, inner] (index_select/index_add take a 1-d
+// index of m entries instead). op and dim only name the culprit in an out-of-range error.
+struct IndexGeom {
+  int64_t outer = 1, n = 1, m = 1, inner = 1;
+  int64_t dim = 0;
+  const char* op = "";
+};
+// out [outer, m, inner] = x [outer, n, inner] at rows index[j] (any dtype; embedding too).
+using IndexSelectKernel = void (*)(const Tensor& out, const Tensor& x, const Tensor& index,
+                                   const IndexGeom& g);
+// out [outer, n, inner], holding x, += alpha * src [outer, m, inner] at rows index[j].
+using IndexAddKernel = void (*)(const Tensor& out, const Tensor& src, const Tensor& index,
+                                const IndexGeom& g, double alpha);
+// out [outer, m, inner] = x [outer, n, inner] at index [outer, m, inner] along n.
+using GatherKernel = void (*)(const Tensor& out, const Tensor& x, const Tensor& index,
+                              const IndexGeom& g);
+// out [outer, n, inner], holding x, += src [outer, m, inner] at index [outer, m, inner] along n.
+using ScatterAddKernel = void (*)(const Tensor& out, const Tensor& src, const Tensor& index,
+                                  const IndexGeom& g);
+// out (ids.numel(), num_classes) int64, written whole: out[i][ids[i]] = 1.
+using OneHotKernel = void (*)(const Tensor& out, const Tensor& ids, int64_t num_classes);
+// Sorts each row of contiguous in [outer, n] and writes the first k of the order into values and
+// indices [outer, k] (contiguous). Stable; NaN is the largest value. scratch is int64
+// [outer, n] when k < n (unused, undefined, when k == n).
+using SortKernel = void (*)(const Tensor& values, const Tensor& indices, const Tensor& scratch,
+                            const Tensor& in, int64_t outer, int64_t n, int64_t k, bool descending);
+namespace cpu {
+void index_select_kernel(const Tensor& out, const Tensor& x, const Tensor& index,
+                         const IndexGeom& g);
+void index_add_kernel(const Tensor& out, const Tensor& src, const Tensor& index, const IndexGeom& g,
+                      double alpha);
+void gather_kernel(const Tensor& out, const Tensor& x, const Tensor& index, const IndexGeom& g);
+void scatter_add_kernel(const Tensor& out, const Tensor& src, const Tensor& index,
+                        const IndexGeom& g);
+void one_hot_kernel(const Tensor& out, const Tensor& ids, int64_t num_classes);
+void sort_kernel(const Tensor& values, const Tensor& indices, const Tensor& scratch,
+                 const Tensor& in, int64_t outer, int64_t n, int64_t k, bool descending);
+}  // namespace cpu
+}  // namespace coil

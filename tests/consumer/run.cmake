@@ -1,0 +1,20 @@
+# Installs coil from the build tree into a scratch prefix, then configures, builds and runs a
+# consumer project that uses find_package(coil).
+file(REMOVE_RECURSE ${WORK})
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD} --prefix ${WORK}/prefix RESULT_VARIABLE r OUTPUT_QUIET)
+if(r)
+  message(FATAL_ERROR "install failed: ${r}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${WORK}/build -G ${GENERATOR}
+  -DCMAKE_PREFIX_PATH=${WORK}/prefix -DCMAKE_BUILD_TYPE=Release RESULT_VARIABLE r)
+if(r)
+  message(FATAL_ERROR "consumer configure failed: ${r}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/build RESULT_VARIABLE r)
+if(r)
+  message(FATAL_ERROR "consumer build failed: ${r}")
+endif()
+execute_process(COMMAND ${WORK}/build/consumer RESULT_VARIABLE r)
+if(r)
+  message(FATAL_ERROR "consumer run failed: ${r}")
+endif()
