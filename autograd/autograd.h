@@ -14,7 +14,8 @@ void backward(const TensorList& outputs, const TensorList& grads = {}, bool reta
 
 // Runs fn without saving its activations; backward recomputes it (replaying the RNG, so
 // dropout inside sees the same mask) and backpropagates through the recomputation.
-TensorList checkpoint(const std::function<TensorList(const TensorList&)>& fn, const TensorList& inputs);
+TensorList checkpoint(const std::function<TensorList(const TensorList&)>& fn,
+                      const TensorList& inputs);
 
 struct GradcheckResult {
   bool ok = true;
@@ -24,8 +25,9 @@ struct GradcheckResult {
 // Compares analytic gradients of fn at `inputs` (float64, contiguous, on cpu) with central
 // differences, through a random projection of fn's output. Inputs without requires_grad are
 // held fixed.
-GradcheckResult gradcheck(const std::function<Tensor(const TensorList&)>& fn, const TensorList& inputs,
-                          double eps = 1e-6, double atol = 1e-5, double rtol = 1e-3);
+GradcheckResult gradcheck(const std::function<Tensor(const TensorList&)>& fn,
+                          const TensorList& inputs, double eps = 1e-6, double atol = 1e-5,
+                          double rtol = 1e-3);
 
 namespace autograd {
 // In anomaly mode every op checks its outputs (and backward its gradients) for NaN/Inf and

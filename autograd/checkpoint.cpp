@@ -15,7 +15,8 @@ Tensor detached_leaf(const Tensor& t, bool requires_grad) {
 }
 }  // namespace
 
-TensorList checkpoint(const std::function<TensorList(const TensorList&)>& fn, const TensorList& inputs) {
+TensorList checkpoint(const std::function<TensorList(const TensorList&)>& fn,
+                      const TensorList& inputs) {
   if (!needs_grad(inputs)) return fn(inputs);
   RngState rng = get_rng_state();
   TensorList outs;
@@ -49,7 +50,8 @@ TensorList checkpoint(const std::function<TensorList(const TensorList&)>& fn, co
       }
     if (!roots.empty()) backward(roots, root_grads, false);
     TensorList out;
-    for (size_t i = 0; i < leaves.size(); ++i) out.push_back(wants[i] ? leaves[i].grad() : Tensor());
+    for (size_t i = 0; i < leaves.size(); ++i)
+      out.push_back(wants[i] ? leaves[i].grad() : Tensor());
     return out;
   });
   return outs;

@@ -48,9 +48,9 @@ SavedTensor::SavedTensor(const Tensor& t, const std::string& op) : op_(op) {
 
 Tensor SavedTensor::unpack() const {
   if (!data_.defined()) return data_;
-  COIL_CHECK(data_.version() == version_, "backward of ", op_,
-             ": a tensor it saved (shape ", data_.shape_str(), ") was modified in place after ",
-             "it was saved (version ", version_, " -> ", data_.version(), ")");
+  COIL_CHECK(data_.version() == version_, "backward of ", op_, ": a tensor it saved (shape ",
+             data_.shape_str(), ") was modified in place after ", "it was saved (version ",
+             version_, " -> ", data_.version(), ")");
   return data_;
 }
 

@@ -14,8 +14,8 @@ double dot(const Tensor& out, const std::vector<double>& v) {
 }
 }  // namespace
 
-GradcheckResult gradcheck(const std::function<Tensor(const TensorList&)>& fn, const TensorList& inputs,
-                          double eps, double atol, double rtol) {
+GradcheckResult gradcheck(const std::function<Tensor(const TensorList&)>& fn,
+                          const TensorList& inputs, double eps, double atol, double rtol) {
   for (const Tensor& t : inputs) {
     if (!t.defined() || !t.requires_grad()) continue;
     COIL_CHECK(t.dtype() == kF64 && t.device().is_cpu() && t.is_contiguous() && t.is_leaf(),
@@ -39,8 +39,8 @@ GradcheckResult gradcheck(const std::function<Tensor(const TensorList&)>& fn, co
   for (size_t k = 0; k < inputs.size(); ++k) {
     const Tensor& x = inputs[k];
     if (!x.defined() || !x.requires_grad()) continue;
-    std::vector<double> analytic = x.grad().defined() ? to_vector<double>(x.grad())
-                                                      : std::vector<double>(x.numel(), 0.0);
+    std::vector<double> analytic =
+        x.grad().defined() ? to_vector<double>(x.grad()) : std::vector<double>(x.numel(), 0.0);
     double* p = x.data_ptr<double>();
     for (int64_t j = 0; j < x.numel(); ++j) {
       double orig = p[j];

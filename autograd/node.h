@@ -29,7 +29,7 @@ struct Node {
   std::vector<Edge> next_edges;     // one per forward input; invalid when it needs no grad
   std::vector<OutputMeta> outputs;  // one per forward output: the shape its gradient has
   std::vector<std::vector<TensorHook>> pre_hooks;  // per output, run on its incoming grad
-  uint64_t sequence_nr = 0;  // creation order: later nodes run first
+  uint64_t sequence_nr = 0;                        // creation order: later nodes run first
   Node();
   virtual ~Node() = default;
   // grads: one per output (missing ones are zeros). Returns one per next_edge (undefined for

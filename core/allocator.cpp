@@ -44,7 +44,9 @@ class CpuCachingAllocator final : public Allocator {
         empty_cache_locked();
         p = std::aligned_alloc(64, b);
       }
-      if (!p) fail("allocate: out of memory asking for ", nbytes, " bytes (", stats_.bytes_in_use, " in use)");
+      if (!p)
+        fail("allocate: out of memory asking for ", nbytes, " bytes (", stats_.bytes_in_use,
+             " in use)");
       stats_.num_system_allocs++;
     }
     stats_.bytes_in_use += static_cast<int64_t>(b);
@@ -93,11 +95,13 @@ Allocator* g_allocators[kNumDeviceTypes] = {nullptr, nullptr};
 
 Allocator* get_allocator(DeviceType t) {
   if (t == kCPU) {
-    static CpuCachingAllocator* cpu = new CpuCachingAllocator();  // never destroyed: tensors may outlive statics
+    static CpuCachingAllocator* cpu =
+        new CpuCachingAllocator();  // never destroyed: tensors may outlive statics
     return cpu;
   }
   Allocator* a = g_allocators[static_cast<int>(t)];
-  COIL_CHECK(a, "device cuda: this build of coil has no CUDA backend (configure with COIL_CUDA=ON)");
+  COIL_CHECK(a,
+             "device cuda: this build of coil has no CUDA backend (configure with COIL_CUDA=ON)");
   return a;
 }
 

@@ -8,10 +8,10 @@
 namespace coil {
 
 struct AllocatorStats {
-  int64_t bytes_in_use = 0;     // live blocks, at their bucket size
+  int64_t bytes_in_use = 0;  // live blocks, at their bucket size
   int64_t peak_bytes_in_use = 0;
-  int64_t bytes_cached = 0;     // freed blocks kept for reuse
-  int64_t num_allocs = 0;       // calls to allocate
+  int64_t bytes_cached = 0;       // freed blocks kept for reuse
+  int64_t num_allocs = 0;         // calls to allocate
   int64_t num_system_allocs = 0;  // calls that reached the system allocator
 };
 

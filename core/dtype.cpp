@@ -6,23 +6,37 @@ namespace coil {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case kF32: case kI32: return 4;
-    case kF64: case kI64: return 8;
-    case kBF16: case kF16: return 2;
-    case kBool: return 1;
+    case kF32:
+    case kI32:
+      return 4;
+    case kF64:
+    case kI64:
+      return 8;
+    case kBF16:
+    case kF16:
+      return 2;
+    case kBool:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case kF32: return "float32";
-    case kF64: return "float64";
-    case kBF16: return "bfloat16";
-    case kF16: return "float16";
-    case kI32: return "int32";
-    case kI64: return "int64";
-    case kBool: return "bool";
+    case kF32:
+      return "float32";
+    case kF64:
+      return "float64";
+    case kBF16:
+      return "bfloat16";
+    case kF16:
+      return "float16";
+    case kI32:
+      return "int32";
+    case kI64:
+      return "int64";
+    case kBool:
+      return "bool";
   }
   return "?";
 }

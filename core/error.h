@@ -20,7 +20,8 @@ void append(std::ostringstream& os, const T& v, const R&... rest) {
 }
 }  // namespace detail
 
-// Builds a message from any streamable pieces: COIL_CHECK(cond, "matmul: ", a.sizes(), " vs ", ...).
+// Builds a message from any streamable pieces: COIL_CHECK(cond, "matmul: ", a.sizes(), " vs ",
+// ...).
 template <class... Args>
 [[noreturn]] void fail(const Args&... args) {
   std::ostringstream os;
@@ -30,9 +31,9 @@ template <class... Args>
 
 }  // namespace coil
 
-#define COIL_CHECK(cond, ...)                 \
-  do {                                        \
-    if (__builtin_expect(!(cond), 0)) {       \
-      ::coil::fail(__VA_ARGS__);              \
-    }                                         \
+#define COIL_CHECK(cond, ...)           \
+  do {                                  \
+    if (__builtin_expect(!(cond), 0)) { \
+      ::coil::fail(__VA_ARGS__);        \
+    }                                   \
   } while (0)

@@ -67,7 +67,9 @@ TensorList dist_dispatch(const OpInfo& op, const TensorList& inputs, const Attrs
 namespace {
 thread_local const std::string* t_anomaly_node = nullptr;
 }
-AnomalyContext::AnomalyContext(const std::string& node) : prev_(t_anomaly_node) { t_anomaly_node = &node; }
+AnomalyContext::AnomalyContext(const std::string& node) : prev_(t_anomaly_node) {
+  t_anomaly_node = &node;
+}
 AnomalyContext::~AnomalyContext() { t_anomaly_node = prev_; }
 
 namespace detail {

@@ -52,10 +52,10 @@ struct OpInfo {
   std::string family;  // the ops/<family>.cpp file that defines it
   bool differentiable = true;
   bool composite = false;  // built from other ops: runs wherever they do, needs no kernels
-  BoxedFn boxed;       // call by name with boxed attributes
+  BoxedFn boxed;           // call by name with boxed attributes
   std::array<const void*, kNumDeviceTypes> kernels{};  // per family signature, see ops/
-  std::function<GradcheckCase()> gradcheck;  // required for differentiable ops
-  std::any sharding_rule;                    // filled by dist/rules (the dist layer)
+  std::function<GradcheckCase()> gradcheck;            // required for differentiable ops
+  std::any sharding_rule;                              // filled by dist/rules (the dist layer)
   template <class Fn>
   void set_kernel(DeviceType d, Fn* fn) {
     kernels[static_cast<int>(d)] = reinterpret_cast<const void*>(fn);
@@ -70,7 +70,7 @@ OpInfo& register_op(const std::string& name, const std::string& family);
 // static-initialisation order.
 OpInfo& op_row(const std::string& name);
 const OpInfo& op_info(const std::string& name);  // throws coil::Error when absent
-OpInfo* find_op(const std::string& name);       // mutable: later layers fill columns
+OpInfo* find_op(const std::string& name);        // mutable: later layers fill columns
 std::vector<const OpInfo*> all_ops();
 
 // Runs a registration function at static-initialisation time: one per ops/<family>.cpp.
@@ -123,7 +123,8 @@ void run_anomaly_check(const std::string&, const TensorList&, const TensorList&)
 }  // namespace detail
 inline void check_anomaly(const std::string& where, const TensorList& inputs,
                           const TensorList& outputs) {
-  if (__builtin_expect(detail::g_anomaly_mode, 0)) detail::run_anomaly_check(where, inputs, outputs);
+  if (__builtin_expect(detail::g_anomaly_mode, 0))
+    detail::run_anomaly_check(where, inputs, outputs);
 }
 
 }  // namespace coil

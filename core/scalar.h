@@ -13,9 +13,9 @@ class Scalar {
   Scalar() = default;
   Scalar(double v) : d_(v), i_(static_cast<int64_t>(v)), kind_(kF64) {}  // NOLINT
   Scalar(float v) : Scalar(static_cast<double>(v)) {}                    // NOLINT
-  Scalar(int v) : d_(v), i_(v), kind_(kI64) {}                            // NOLINT
-  Scalar(int64_t v) : d_(static_cast<double>(v)), i_(v), kind_(kI64) {}   // NOLINT
-  Scalar(bool v) : d_(v), i_(v), kind_(kBool) {}                          // NOLINT
+  Scalar(int v) : d_(v), i_(v), kind_(kI64) {}                           // NOLINT
+  Scalar(int64_t v) : d_(static_cast<double>(v)), i_(v), kind_(kI64) {}  // NOLINT
+  Scalar(bool v) : d_(v), i_(v), kind_(kBool) {}                         // NOLINT
   double to_double() const { return d_; }
   int64_t to_int() const { return i_; }
   bool is_floating() const { return kind_ == kF64; }

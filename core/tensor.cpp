@@ -53,8 +53,8 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
   for (size_t i = 0; i < n; ++i) {
     int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
     int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
-    COIL_CHECK(da == db || da == 1 || db == 1, op, ": shapes ", shape_str(a), " and ",
-               shape_str(b), " cannot be broadcast (dim ", i, ": ", da, " vs ", db, ")");
+    COIL_CHECK(da == db || da == 1 || db == 1, op, ": shapes ", shape_str(a), " and ", shape_str(b),
+               " cannot be broadcast (dim ", i, ": ", da, " vs ", db, ")");
     out[i] = da == 1 ? db : da;
   }
   return out;
@@ -115,15 +115,18 @@ bool Tensor::is_contiguous() const {
 }
 
 void* Tensor::raw_data() const {
-  return static_cast<char*>(impl().storage->data) + impl().offset * static_cast<int64_t>(element_size());
+  return static_cast<char*>(impl().storage->data) +
+         impl().offset * static_cast<int64_t>(element_size());
 }
 
 bool Tensor::requires_grad() const { return impl().requires_grad || impl().grad_fn != nullptr; }
 
 Tensor& Tensor::requires_grad_(bool on) {
-  COIL_CHECK(is_leaf(), "requires_grad_: can only change requires_grad of a leaf tensor; use detach()");
-  COIL_CHECK(!on || is_floating(dtype()), "requires_grad_: only floating point tensors can require ",
-             "gradients, got ", dtype());
+  COIL_CHECK(is_leaf(),
+             "requires_grad_: can only change requires_grad of a leaf tensor; use detach()");
+  COIL_CHECK(!on || is_floating(dtype()),
+             "requires_grad_: only floating point tensors can require ", "gradients, got ",
+             dtype());
   impl().requires_grad = on;
   return *this;
 }
@@ -138,7 +141,8 @@ void Tensor::set_grad(const Tensor& g) {
 }
 
 Tensor empty_strided(const Shape& shape, const Shape& strides, Options o) {
-  for (int64_t s : shape) COIL_CHECK(s >= 0, "empty: negative size in shape ", coil::shape_str(shape));
+  for (int64_t s : shape)
+    COIL_CHECK(s >= 0, "empty: negative size in shape ", coil::shape_str(shape));
   COIL_CHECK(shape.size() == strides.size(), "empty_strided: ", shape.size(), " sizes but ",
              strides.size(), " strides");
   if (o.device.is_cuda()) get_allocator(kCUDA);  // clear error on a build without CUDA
@@ -146,7 +150,8 @@ Tensor empty_strided(const Shape& shape, const Shape& strides, Options o) {
   for (size_t i = 0; i < shape.size(); ++i) span += (shape[i] - 1) * strides[i];
   if (shape_numel(shape) == 0) span = 0;
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<StorageImpl>(static_cast<size_t>(span) * dtype_size(o.dtype), o.device);
+  impl->storage =
+      std::make_shared<StorageImpl>(static_cast<size_t>(span) * dtype_size(o.dtype), o.device);
   impl->sizes = shape;
   impl->strides = strides;
   impl->dtype = o.dtype;
@@ -155,10 +160,13 @@ Tensor empty_strided(const Shape& shape, const Shape& strides, Options o) {
   return t;
 }
 
-Tensor empty(const Shape& shape, Options o) { return empty_strided(shape, contiguous_strides(shape), o); }
+Tensor empty(const Shape& shape, Options o) {
+  return empty_strided(shape, contiguous_strides(shape), o);
+}
 
 Tensor from_blob(void* data, const Shape& shape, Options o) {
-  for (int64_t s : shape) COIL_CHECK(s >= 0, "from_blob: negative size in shape ", coil::shape_str(shape));
+  for (int64_t s : shape)
+    COIL_CHECK(s >= 0, "from_blob: negative size in shape ", coil::shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(
       data, static_cast<size_t>(shape_numel(shape)) * dtype_size(o.dtype), o.device);
@@ -192,26 +200,47 @@ void for_each_element(const Tensor& t, Fn fn) {
 template <class T>
 T read_as(const char* p, DType dt) {
   switch (dt) {
-    case kF32: return static_cast<T>(*reinterpret_cast<const float*>(p));
-    case kF64: return static_cast<T>(*reinterpret_cast<const double*>(p));
-    case kBF16: return static_cast<T>(static_cast<float>(*reinterpret_cast<const BFloat16*>(p)));
-    case kF16: return static_cast<T>(static_cast<float>(*reinterpret_cast<const Half*>(p)));
-    case kI32: return static_cast<T>(*reinterpret_cast<const int32_t*>(p));
-    case kI64: return static_cast<T>(*reinterpret_cast<const int64_t*>(p));
-    case kBool: return static_cast<T>(*reinterpret_cast<const uint8_t*>(p) != 0);
+    case kF32:
+      return static_cast<T>(*reinterpret_cast<const float*>(p));
+    case kF64:
+      return static_cast<T>(*reinterpret_cast<const double*>(p));
+    case kBF16:
+      return static_cast<T>(static_cast<float>(*reinterpret_cast<const BFloat16*>(p)));
+    case kF16:
+      return static_cast<T>(static_cast<float>(*reinterpret_cast<const Half*>(p)));
+    case kI32:
+      return static_cast<T>(*reinterpret_cast<const int32_t*>(p));
+    case kI64:
+      return static_cast<T>(*reinterpret_cast<const int64_t*>(p));
+    case kBool:
+      return static_cast<T>(*reinterpret_cast<const uint8_t*>(p) != 0);
   }
   return T();
 }
 template <class T>
 void write_as(char* p, DType dt, T v) {
   switch (dt) {
-    case kF32: *reinterpret_cast<float*>(p) = static_cast<float>(v); break;
-    case kF64: *reinterpret_cast<double*>(p) = static_cast<double>(v); break;
-    case kBF16: *reinterpret_cast<BFloat16*>(p) = BFloat16(static_cast<float>(v)); break;
-    case kF16: *reinterpret_cast<Half*>(p) = Half(static_cast<float>(v)); break;
-    case kI32: *reinterpret_cast<int32_t*>(p) = static_cast<int32_t>(v); break;
-    case kI64: *reinterpret_cast<int64_t*>(p) = static_cast<int64_t>(v); break;
-    case kBool: *reinterpret_cast<uint8_t*>(p) = v != T(0); break;
+    case kF32:
+      *reinterpret_cast<float*>(p) = static_cast<float>(v);
+      break;
+    case kF64:
+      *reinterpret_cast<double*>(p) = static_cast<double>(v);
+      break;
+    case kBF16:
+      *reinterpret_cast<BFloat16*>(p) = BFloat16(static_cast<float>(v));
+      break;
+    case kF16:
+      *reinterpret_cast<Half*>(p) = Half(static_cast<float>(v));
+      break;
+    case kI32:
+      *reinterpret_cast<int32_t*>(p) = static_cast<int32_t>(v);
+      break;
+    case kI64:
+      *reinterpret_cast<int64_t*>(p) = static_cast<int64_t>(v);
+      break;
+    case kBool:
+      *reinterpret_cast<uint8_t*>(p) = v != T(0);
+      break;
   }
 }
 }  // namespace

@@ -54,13 +54,13 @@ struct TensorImpl {
   Shape sizes, strides;  // strides in elements
   int64_t offset = 0;    // in elements
   DType dtype = kF32;
-  bool requires_grad = false;     // leaves only; non-leaves require grad through grad_fn
+  bool requires_grad = false;      // leaves only; non-leaves require grad through grad_fn
   bool is_wrapped_number = false;  // a Scalar turned into a 0-d tensor (type promotion)
   bool retains_grad = false;
   bool is_view = false;  // made by a view op from a tensor that required grad
   std::shared_ptr<TensorImpl> grad;
-  std::shared_ptr<Node> grad_fn;  // null for leaves
-  uint32_t output_nr = 0;         // which output of grad_fn this is
+  std::shared_ptr<Node> grad_fn;         // null for leaves
+  uint32_t output_nr = 0;                // which output of grad_fn this is
   std::weak_ptr<Node> grad_accumulator;  // leaves: the node that adds into .grad
   std::vector<TensorHook> hooks;         // leaves: run on the gradient before accumulation
   std::shared_ptr<DistSpecBase> dist;    // set on DTensors
@@ -72,9 +72,9 @@ struct Options {
   Device device;
   bool requires_grad = false;
   Options() = default;
-  Options(DType t) : dtype(t) {}                  // NOLINT
-  Options(Device d) : device(d) {}                // NOLINT
-  Options(DeviceType d) : device(d) {}            // NOLINT
+  Options(DType t) : dtype(t) {}        // NOLINT
+  Options(Device d) : device(d) {}      // NOLINT
+  Options(DeviceType d) : device(d) {}  // NOLINT
   Options(DType t, Device d, bool rg = false) : dtype(t), device(d), requires_grad(rg) {}
   Options with_requires_grad(bool rg = true) const {
     Options o = *this;
@@ -105,12 +105,14 @@ class Tensor {
   bool is_floating_point() const { return is_floating(dtype()); }
   bool is_distributed() const { return impl_ && impl_->dist != nullptr; }
   void* raw_data() const;  // first element's address
-  template <class T> T* data_ptr() const {
+  template <class T>
+  T* data_ptr() const {
     COIL_CHECK(dtype_of<T>::value == dtype(), "data_ptr: tensor is ", dtype(), ", asked for ",
                dtype_of<T>::value);
     return static_cast<T*>(raw_data());
   }
-  template <class T> T item() const;
+  template <class T>
+  T item() const;
   double item_double() const;  // any dtype, one element
   TensorImpl& impl() const {
     COIL_CHECK(impl_, "tensor: use of an undefined tensor");
@@ -207,14 +209,18 @@ Tensor empty_strided(const Shape& shape, const Shape& strides, Options o = {});
 // Wraps memory the caller owns (no copy); it must outlive every tensor that views it.
 Tensor from_blob(void* data, const Shape& shape, Options o = {});
 // Copies host values into a new tensor: tensor({1.f, 2.f}, {2}).
-template <class T> Tensor tensor(const std::vector<T>& values, const Shape& shape, Options o);
-template <class T> Tensor tensor(const std::vector<T>& values, const Shape& shape) {
+template <class T>
+Tensor tensor(const std::vector<T>& values, const Shape& shape, Options o);
+template <class T>
+Tensor tensor(const std::vector<T>& values, const Shape& shape) {
   return tensor(values, shape, Options(dtype_of<T>::value));
 }
-template <class T> Tensor tensor(const std::vector<T>& values) {
+template <class T>
+Tensor tensor(const std::vector<T>& values) {
   return tensor(values, Shape{static_cast<int64_t>(values.size())});
 }
-template <class T> std::vector<T> to_vector(const Tensor& t);  // any layout, converts dtype
+template <class T>
+std::vector<T> to_vector(const Tensor& t);  // any layout, converts dtype
 
 // A 0-d tensor holding a Scalar, marked as a wrapped number for type promotion.
 Tensor scalar_tensor(Scalar s, DType t, Device d = Device());

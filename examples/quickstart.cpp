@@ -47,7 +47,8 @@ int main() {
     double l = loss.item<double>();
     if (step == 0) first = l;
     last = l;
-    if (step % 100 == 0 || step == steps - 1) std::printf("step %4lld  loss %.5f\n", static_cast<long long>(step), l);
+    if (step % 100 == 0 || step == steps - 1)
+      std::printf("step %4lld  loss %.5f\n", static_cast<long long>(step), l);
   }
   // Full-data loss after training.
   NoGradGuard no_grad;

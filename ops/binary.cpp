@@ -21,7 +21,8 @@ DType result_dtype(BinaryOp id, const Tensor& a, const Tensor& b) {
   return rt;
 }
 
-Tensor binary_forward(const OpInfo& op, BinaryOp id, const Tensor& a, const Tensor& b, double alpha) {
+Tensor binary_forward(const OpInfo& op, BinaryOp id, const Tensor& a, const Tensor& b,
+                      double alpha) {
   check_same_device(op.name.c_str(), {a, b});
   Shape s = broadcast_shapes(op.name.c_str(), a.sizes(), b.sizes());
   DType out_t = result_dtype(id, a, b);
@@ -37,7 +38,8 @@ Tensor grad_add(const Tensor& g, const Shape& shape, double scale) {
   return sum_to(scale == 1 ? g : g * scale, shape);
 }
 
-Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor& b, double alpha = 1) {
+Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor& b,
+                    double alpha = 1) {
   const OpInfo& op = op_info(name);
   if (any_distributed({&a, &b})) return dist_dispatch(op, {a, b}, {{"alpha", alpha}})[0];
   Tensor out = binary_forward(op, id, a, b, alpha);
@@ -46,10 +48,12 @@ Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor
     bool ga = a.requires_grad(), gb = b.requires_grad();
     BackwardFn fn;
     switch (id) {
-      case BinaryOp::add: case BinaryOp::sub: {
+      case BinaryOp::add:
+      case BinaryOp::sub: {
         double sgn = id == BinaryOp::sub ? -alpha : alpha;
         fn = [sa, sb, ga, gb, sgn](const TensorList& g) {
-          return TensorList{ga ? grad_add(g[0], sa, 1) : Tensor(), gb ? grad_add(g[0], sb, sgn) : Tensor()};
+          return TensorList{ga ? grad_add(g[0], sa, 1) : Tensor(),
+                            gb ? grad_add(g[0], sb, sgn) : Tensor()};
         };
         break;
       }
@@ -87,7 +91,8 @@ Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor
         };
         break;
       }
-      case BinaryOp::maximum: case BinaryOp::minimum: {
+      case BinaryOp::maximum:
+      case BinaryOp::minimum: {
         SavedTensor xa(a, name), xb(b, name);
         bool is_max = id == BinaryOp::maximum;
         fn = [sa, sb, ga, gb, xa, xb, is_max](const TensorList& g) {
@@ -102,7 +107,8 @@ Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor
         };
         break;
       }
-      default: break;
+      default:
+        break;
     }
     record(name, {a, b}, {out}, std::move(fn));
   }
@@ -113,17 +119,20 @@ Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor
 // In-place: compute out of place (recording the graph when needed), then write into a.
 Tensor& apply_inplace(const char* name, BinaryOp id, Tensor& a, const Tensor& b, double alpha) {
   Shape s = broadcast_shapes(name, a.sizes(), b.sizes());
-  COIL_CHECK(s == a.sizes(), name, ": result of shape ", shape_str(s), " does not fit the in-place ",
-             "target of shape ", a.shape_str());
+  COIL_CHECK(s == a.sizes(), name, ": result of shape ", shape_str(s),
+             " does not fit the in-place ", "target of shape ", a.shape_str());
   DType rt = result_dtype(id, a, b);
   COIL_CHECK(is_floating(a.dtype()) || !is_floating(rt), name, ": result type ", rt,
              " cannot be cast to the in-place target's ", a.dtype());
   if (needs_grad({&a, &b})) {
-    COIL_CHECK(!(a.is_leaf() && a.requires_grad()), name, ": a leaf tensor that requires grad (shape ",
-               a.shape_str(), ") is used in an in-place operation; wrap it in NoGradGuard");
-    COIL_CHECK(!a.impl().is_view, name, ": in-place on a view of a tensor that requires grad is not ",
+    COIL_CHECK(!(a.is_leaf() && a.requires_grad()), name,
+               ": a leaf tensor that requires grad (shape ", a.shape_str(),
+               ") is used in an in-place operation; wrap it in NoGradGuard");
+    COIL_CHECK(!a.impl().is_view, name,
+               ": in-place on a view of a tensor that requires grad is not ",
                "supported; use the out-of-place op");
-    Tensor r = apply_binary(name, id, clone(a), b, alpha);  // the clone keeps a's old value for backward
+    Tensor r =
+        apply_binary(name, id, clone(a), b, alpha);  // the clone keeps a's old value for backward
     {
       NoGradGuard g;
       kernel_for<CopyKernel>(op_info("copy_"), a.device())(a, r);
@@ -151,37 +160,52 @@ Tensor logical(const char* name, BinaryOp id, const Tensor& a, const Tensor& b) 
   check_same_device(name, {a, b});
   Shape s = broadcast_shapes(name, a.sizes(), b.sizes());
   Tensor out = empty(s, Options(kBool, a.device()));
-  kernel_for<BinaryKernel>(op, a.device())(id, out, detail::as_compute(a, kBool), detail::as_compute(b, kBool), 1);
+  kernel_for<BinaryKernel>(op, a.device())(id, out, detail::as_compute(a, kBool),
+                                           detail::as_compute(b, kBool), 1);
   return out;
 }
 
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b, Scalar alpha) { return apply_binary("add", BinaryOp::add, a, b, alpha.to_double()); }
-Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha) { return apply_binary("sub", BinaryOp::sub, a, b, alpha.to_double()); }
+Tensor add(const Tensor& a, const Tensor& b, Scalar alpha) {
+  return apply_binary("add", BinaryOp::add, a, b, alpha.to_double());
+}
+Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha) {
+  return apply_binary("sub", BinaryOp::sub, a, b, alpha.to_double());
+}
 Tensor mul(const Tensor& a, const Tensor& b) { return apply_binary("mul", BinaryOp::mul, a, b); }
 Tensor div(const Tensor& a, const Tensor& b) { return apply_binary("div", BinaryOp::div, a, b); }
 Tensor pow(const Tensor& a, const Tensor& b) { return apply_binary("pow", BinaryOp::pow, a, b); }
-Tensor maximum(const Tensor& a, const Tensor& b) { return apply_binary("maximum", BinaryOp::maximum, a, b); }
-Tensor minimum(const Tensor& a, const Tensor& b) { return apply_binary("minimum", BinaryOp::minimum, a, b); }
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  return apply_binary("maximum", BinaryOp::maximum, a, b);
+}
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  return apply_binary("minimum", BinaryOp::minimum, a, b);
+}
 Tensor eq(const Tensor& a, const Tensor& b) { return apply_binary("eq", BinaryOp::eq, a, b); }
 Tensor ne(const Tensor& a, const Tensor& b) { return apply_binary("ne", BinaryOp::ne, a, b); }
 Tensor lt(const Tensor& a, const Tensor& b) { return apply_binary("lt", BinaryOp::lt, a, b); }
 Tensor le(const Tensor& a, const Tensor& b) { return apply_binary("le", BinaryOp::le, a, b); }
 Tensor gt(const Tensor& a, const Tensor& b) { return apply_binary("gt", BinaryOp::gt, a, b); }
 Tensor ge(const Tensor& a, const Tensor& b) { return apply_binary("ge", BinaryOp::ge, a, b); }
-Tensor logical_and(const Tensor& a, const Tensor& b) { return logical("logical_and", BinaryOp::mul, a, b); }
-Tensor logical_or(const Tensor& a, const Tensor& b) { return logical("logical_or", BinaryOp::add, a, b); }
+Tensor logical_and(const Tensor& a, const Tensor& b) {
+  return logical("logical_and", BinaryOp::mul, a, b);
+}
+Tensor logical_or(const Tensor& a, const Tensor& b) {
+  return logical("logical_or", BinaryOp::add, a, b);
+}
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   COIL_OP("where");
   if (any_distributed({&cond, &a, &b})) return dist_dispatch(op_, {cond, a, b}, {})[0];
   COIL_CHECK(cond.dtype() == kBool, "where: condition must be bool, got ", cond.dtype());
   check_same_device("where", {cond, a, b});
-  Shape s = broadcast_shapes("where", broadcast_shapes("where", cond.sizes(), a.sizes()), b.sizes());
+  Shape s =
+      broadcast_shapes("where", broadcast_shapes("where", cond.sizes(), a.sizes()), b.sizes());
   DType rt = result_type(a, b);
   Tensor out = empty(s, Options(rt, a.device()));
-  kernel_for<WhereKernel>(op_, a.device())(out, cond, detail::as_compute(a, rt), detail::as_compute(b, rt));
+  kernel_for<WhereKernel>(op_, a.device())(out, cond, detail::as_compute(a, rt),
+                                           detail::as_compute(b, rt));
   if (is_floating(rt) && needs_grad({&a, &b})) {
     SavedTensor c(cond, "where");
     Shape sa = a.sizes(), sb = b.sizes();
@@ -196,8 +220,12 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor& add_(Tensor& a, const Tensor& b, Scalar alpha) { return apply_inplace("add", BinaryOp::add, a, b, alpha.to_double()); }
-Tensor& sub_(Tensor& a, const Tensor& b, Scalar alpha) { return apply_inplace("sub", BinaryOp::sub, a, b, alpha.to_double()); }
+Tensor& add_(Tensor& a, const Tensor& b, Scalar alpha) {
+  return apply_inplace("add", BinaryOp::add, a, b, alpha.to_double());
+}
+Tensor& sub_(Tensor& a, const Tensor& b, Scalar alpha) {
+  return apply_inplace("sub", BinaryOp::sub, a, b, alpha.to_double());
+}
 Tensor& mul_(Tensor& a, const Tensor& b) { return apply_inplace("mul", BinaryOp::mul, a, b, 1); }
 Tensor& div_(Tensor& a, const Tensor& b) { return apply_inplace("div", BinaryOp::div, a, b, 1); }
 
@@ -251,10 +279,12 @@ void register_binary() {
     double lo;  // gradcheck input range [lo, 2)
   };
   const Row rows[] = {
-      {"add", BinaryOp::add, true, -2}, {"sub", BinaryOp::sub, true, -2}, {"mul", BinaryOp::mul, true, -2},
-      {"div", BinaryOp::div, true, 0.5}, {"pow", BinaryOp::pow, true, 0.5}, {"maximum", BinaryOp::maximum, true, -2},
-      {"minimum", BinaryOp::minimum, true, -2}, {"eq", BinaryOp::eq, false, 0}, {"ne", BinaryOp::ne, false, 0},
-      {"lt", BinaryOp::lt, false, 0}, {"le", BinaryOp::le, false, 0}, {"gt", BinaryOp::gt, false, 0},
+      {"add", BinaryOp::add, true, -2},         {"sub", BinaryOp::sub, true, -2},
+      {"mul", BinaryOp::mul, true, -2},         {"div", BinaryOp::div, true, 0.5},
+      {"pow", BinaryOp::pow, true, 0.5},        {"maximum", BinaryOp::maximum, true, -2},
+      {"minimum", BinaryOp::minimum, true, -2}, {"eq", BinaryOp::eq, false, 0},
+      {"ne", BinaryOp::ne, false, 0},           {"lt", BinaryOp::lt, false, 0},
+      {"le", BinaryOp::le, false, 0},           {"gt", BinaryOp::gt, false, 0},
       {"ge", BinaryOp::ge, false, 0},
   };
   for (const Row& r : rows) {
@@ -270,8 +300,9 @@ void register_binary() {
     double lo = r.lo;
     // broadcasting in both directions: (3, 1, 4) with (2, 4)
     o.gradcheck = [name, id, lo] {
-      return GradcheckCase{{detail::gc_rand({3, 1, 4}, lo, 2), detail::gc_rand({2, 4}, lo, 2)},
-                           [name, id](const TensorList& x) { return apply_binary(name, id, x[0], x[1], 1.5); }};
+      return GradcheckCase{
+          {detail::gc_rand({3, 1, 4}, lo, 2), detail::gc_rand({2, 4}, lo, 2)},
+          [name, id](const TensorList& x) { return apply_binary(name, id, x[0], x[1], 1.5); }};
     };
   }
   for (const char* name : {"logical_and", "logical_or"}) {
@@ -279,8 +310,12 @@ void register_binary() {
     o.set_kernel(kCPU, &cpu::binary_kernel);
     o.differentiable = false;
   }
-  op_row("logical_and").boxed = [](const TensorList& in, const Attrs&) { return TensorList{logical_and(in[0], in[1])}; };
-  op_row("logical_or").boxed = [](const TensorList& in, const Attrs&) { return TensorList{logical_or(in[0], in[1])}; };
+  op_row("logical_and").boxed = [](const TensorList& in, const Attrs&) {
+    return TensorList{logical_and(in[0], in[1])};
+  };
+  op_row("logical_or").boxed = [](const TensorList& in, const Attrs&) {
+    return TensorList{logical_or(in[0], in[1])};
+  };
   {
     OpInfo& o = register_op("add_", "binary");
     o.set_kernel(kCPU, &cpu::binary_kernel);
@@ -294,7 +329,9 @@ void register_binary() {
   {
     OpInfo& o = register_op("where", "binary");
     o.set_kernel(kCPU, &cpu::where_kernel);
-    o.boxed = [](const TensorList& in, const Attrs&) { return TensorList{where(in[0], in[1], in[2])}; };
+    o.boxed = [](const TensorList& in, const Attrs&) {
+      return TensorList{where(in[0], in[1], in[2])};
+    };
     o.gradcheck = [] {
       Tensor c = detail::gc_rand({3, 4}, -1, 1, false) > 0.0;
       return GradcheckCase{{c, detail::gc_rand({3, 4}), detail::gc_rand({4})},

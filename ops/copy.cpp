@@ -25,7 +25,8 @@ Tensor to_dtype(const Tensor& x, DType t) {
   Tensor out = detail::cast(x, t);
   if (is_floating(t) && needs_grad({&x})) {
     DType from = x.dtype();
-    record("to_dtype", {x}, {out}, [from](const TensorList& g) { return TensorList{to_dtype(g[0], from)}; });
+    record("to_dtype", {x}, {out},
+           [from](const TensorList& g) { return TensorList{to_dtype(g[0], from)}; });
   }
   return out;
 }
@@ -35,7 +36,8 @@ Tensor clone(const Tensor& x) {
   if (any_distributed({&x})) return dist_dispatch(op_, {x}, {})[0];
   Tensor out = empty(x.sizes(), Options(x.dtype(), x.device()));
   kernel_for<CopyKernel>(op_, x.device())(out, x);
-  if (needs_grad({&x})) record("clone", {x}, {out}, [](const TensorList& g) { return TensorList{g[0]}; });
+  if (needs_grad({&x}))
+    record("clone", {x}, {out}, [](const TensorList& g) { return TensorList{g[0]}; });
   return out;
 }
 
@@ -46,8 +48,8 @@ Tensor Tensor::contiguous() const { return coil::contiguous(*this); }
 Tensor Tensor::to(DType t) const { return to_dtype(*this, t); }
 Tensor Tensor::to(Device d) const {
   if (d == device()) return *this;
-  COIL_CHECK(d.is_cpu() || cuda_available(), "to: this build of coil has no CUDA backend; cannot move ",
-             "a tensor to ", d);
+  COIL_CHECK(d.is_cpu() || cuda_available(),
+             "to: this build of coil has no CUDA backend; cannot move ", "a tensor to ", d);
   fail("to: copies between ", device(), " and ", d, " need the CUDA backend");
 }
 
@@ -68,7 +70,8 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::fill_(Scalar v) {
   COIL_OP("fill_");
-  COIL_CHECK(!(GradMode::is_enabled() && is_leaf() && requires_grad()), "fill_: a leaf tensor that ",
+  COIL_CHECK(!(GradMode::is_enabled() && is_leaf() && requires_grad()),
+             "fill_: a leaf tensor that ",
              "requires grad is used in an in-place operation; wrap it in NoGradGuard");
   kernel_for<FillKernel>(op_, device())(*this, v.to_double());
   bump_version();
@@ -77,13 +80,17 @@ Tensor& Tensor::fill_(Scalar v) {
 
 namespace {
 // x * scale truncated to an integer, then / scale: a float->int->float round trip
-Tensor round_to_grid(const Tensor& x, double scale) { return to_dtype(to_dtype(x * scale, kI64), kF64) / scale; }
+Tensor round_to_grid(const Tensor& x, double scale) {
+  return to_dtype(to_dtype(x * scale, kI64), kF64) / scale;
+}
 
 void register_copy() {
   {
     OpInfo& o = register_op("to_dtype", "copy");
     o.set_kernel(kCPU, &cpu::copy_kernel);
-    o.boxed = [](const TensorList& in, const Attrs& a) { return TensorList{to_dtype(in[0], attr<DType>(a, "dtype"))}; };
+    o.boxed = [](const TensorList& in, const Attrs& a) {
+      return TensorList{to_dtype(in[0], attr<DType>(a, "dtype"))};
+    };
     o.gradcheck = [] {
       // values and steps on a 2^-10 grid survive the f32 round trip exactly
       Tensor x = detail::gc_rand({3, 4}, -1, 1, false);
@@ -92,7 +99,8 @@ void register_copy() {
         x = round_to_grid(x, 1024.0);
       }
       x.requires_grad_();
-      GradcheckCase c{{x}, [](const TensorList& v) { return to_dtype(to_dtype(v[0], kF32), kF64) * 3.0; }};
+      GradcheckCase c{
+          {x}, [](const TensorList& v) { return to_dtype(to_dtype(v[0], kF32), kF64) * 3.0; }};
       c.eps = 1.0 / 1024;
       return c;
     };
@@ -102,7 +110,8 @@ void register_copy() {
     o.set_kernel(kCPU, &cpu::copy_kernel);
     o.boxed = [](const TensorList& in, const Attrs&) { return TensorList{clone(in[0])}; };
     o.gradcheck = [] {
-      return GradcheckCase{{detail::gc_rand({3, 4})}, [](const TensorList& x) { return clone(x[0].t()); }};
+      return GradcheckCase{{detail::gc_rand({3, 4})},
+                           [](const TensorList& x) { return clone(x[0].t()); }};
     };
   }
   {

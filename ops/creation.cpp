@@ -33,7 +33,8 @@ void random_fill(const char* name, RandomKind kind, Tensor& t, double a, double 
   t.bump_version();
 }
 
-Tensor random_new(const char* name, RandomKind kind, const Shape& shape, Options o, double a, double b) {
+Tensor random_new(const char* name, RandomKind kind, const Shape& shape, Options o, double a,
+                  double b) {
   Tensor t = empty(shape, Options(o.dtype, o.device));
   random_fill(name, kind, t, a, b);
   if (o.requires_grad) t.requires_grad_(true);
@@ -46,14 +47,17 @@ Tensor ones(const Shape& shape, Options o) { return filled(shape, 1, o); }
 Tensor full(const Shape& shape, Scalar v, Options o) { return filled(shape, v.to_double(), o); }
 Tensor zeros_like(const Tensor& t) { return zeros(t.sizes(), Options(t.dtype(), t.device())); }
 Tensor ones_like(const Tensor& t) { return ones(t.sizes(), Options(t.dtype(), t.device())); }
-Tensor full_like(const Tensor& t, Scalar v) { return full(t.sizes(), v, Options(t.dtype(), t.device())); }
+Tensor full_like(const Tensor& t, Scalar v) {
+  return full(t.sizes(), v, Options(t.dtype(), t.device()));
+}
 Tensor empty_like(const Tensor& t) { return empty(t.sizes(), Options(t.dtype(), t.device())); }
 
 Tensor arange(Scalar end, Options o) { return arange(0, end, 1, o); }
 Tensor arange(Scalar start, Scalar end, Scalar step, Options o) {
   double s = start.to_double(), e = end.to_double(), st = step.to_double();
   COIL_CHECK(st != 0, "arange: step must be nonzero");
-  COIL_CHECK((e - s) / st >= 0 || e == s, "arange: range [", start, ", ", end, ") cannot be walked with step ", step);
+  COIL_CHECK((e - s) / st >= 0 || e == s, "arange: range [", start, ", ", end,
+             ") cannot be walked with step ", step);
   if (start.is_floating() || end.is_floating() || step.is_floating()) {
     if (!is_floating(o.dtype)) o.dtype = kF32;
   }
@@ -67,7 +71,9 @@ Tensor linspace(double start, double end, int64_t steps, Options o) {
   COIL_CHECK(steps >= 0, "linspace: steps must be non-negative, got ", steps);
   std::vector<double> v(static_cast<size_t>(steps));
   for (int64_t i = 0; i < steps; ++i)
-    v[i] = steps == 1 ? start : start + (end - start) * static_cast<double>(i) / static_cast<double>(steps - 1);
+    v[i] = steps == 1
+               ? start
+               : start + (end - start) * static_cast<double>(i) / static_cast<double>(steps - 1);
   return tensor(v, {steps}, o);
 }
 
@@ -78,11 +84,16 @@ Tensor eye(int64_t n, Options o) {
   return tensor(v, {n, n}, o);
 }
 
-Tensor rand(const Shape& shape, Options o) { return random_new("rand", RandomKind::uniform, shape, o, 0, 1); }
-Tensor randn(const Shape& shape, Options o) { return random_new("randn", RandomKind::normal, shape, o, 0, 1); }
+Tensor rand(const Shape& shape, Options o) {
+  return random_new("rand", RandomKind::uniform, shape, o, 0, 1);
+}
+Tensor randn(const Shape& shape, Options o) {
+  return random_new("randn", RandomKind::normal, shape, o, 0, 1);
+}
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Options o) {
   COIL_CHECK(high > low, "randint: expected low < high, got low=", low, " high=", high);
-  return random_new("randint", RandomKind::randint, shape, o, static_cast<double>(low), static_cast<double>(high));
+  return random_new("randint", RandomKind::randint, shape, o, static_cast<double>(low),
+                    static_cast<double>(high));
 }
 Tensor rand_like(const Tensor& t) { return rand(t.sizes(), Options(t.dtype(), t.device())); }
 Tensor randn_like(const Tensor& t) { return randn(t.sizes(), Options(t.dtype(), t.device())); }
@@ -117,30 +128,37 @@ Tensor gc_rand(const Shape& s, double lo, double hi, bool requires_grad) {
 
 namespace {
 void register_creation() {
-  auto shape_opts = [](const Attrs& a) {
-    return Options(attr_or<DType>(a, "dtype", kF32));
-  };
+  auto shape_opts = [](const Attrs& a) { return Options(attr_or<DType>(a, "dtype", kF32)); };
   {
     OpInfo& o = register_op("zeros", "creation");
     o.differentiable = false;
     o.composite = true;
-    o.boxed = [shape_opts](const TensorList&, const Attrs& a) { return TensorList{zeros(attr<Shape>(a, "shape"), shape_opts(a))}; };
+    o.boxed = [shape_opts](const TensorList&, const Attrs& a) {
+      return TensorList{zeros(attr<Shape>(a, "shape"), shape_opts(a))};
+    };
   }
   {
     OpInfo& o = register_op("ones", "creation");
     o.differentiable = false;
     o.composite = true;
-    o.boxed = [shape_opts](const TensorList&, const Attrs& a) { return TensorList{ones(attr<Shape>(a, "shape"), shape_opts(a))}; };
+    o.boxed = [shape_opts](const TensorList&, const Attrs& a) {
+      return TensorList{ones(attr<Shape>(a, "shape"), shape_opts(a))};
+    };
   }
   for (const char* name : {"rand", "randn", "randint", "uniform_", "normal_", "bernoulli_"}) {
     OpInfo& o = register_op(name, "creation");
     o.differentiable = false;
     o.set_kernel(kCPU, &cpu::random_kernel);
   }
-  op_row("rand").boxed = [shape_opts](const TensorList&, const Attrs& a) { return TensorList{rand(attr<Shape>(a, "shape"), shape_opts(a))}; };
-  op_row("randn").boxed = [shape_opts](const TensorList&, const Attrs& a) { return TensorList{randn(attr<Shape>(a, "shape"), shape_opts(a))}; };
+  op_row("rand").boxed = [shape_opts](const TensorList&, const Attrs& a) {
+    return TensorList{rand(attr<Shape>(a, "shape"), shape_opts(a))};
+  };
+  op_row("randn").boxed = [shape_opts](const TensorList&, const Attrs& a) {
+    return TensorList{randn(attr<Shape>(a, "shape"), shape_opts(a))};
+  };
   op_row("randint").boxed = [](const TensorList&, const Attrs& a) {
-    return TensorList{randint(attr<int64_t>(a, "low"), attr<int64_t>(a, "high"), attr<Shape>(a, "shape"))};
+    return TensorList{
+        randint(attr<int64_t>(a, "low"), attr<int64_t>(a, "high"), attr<Shape>(a, "shape"))};
   };
   op_row("uniform_").boxed = [](const TensorList& in, const Attrs& a) {
     Tensor t = in[0];

@@ -12,7 +12,8 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
 // x with src added at index along dim (out-of-place; torch.scatter_add).
 Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
 // x with src's slices added at index (1-d) along dim (out-of-place; torch.index_add).
-Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src, Scalar alpha = 1);
+Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src,
+                 Scalar alpha = 1);
 // int64 ids -> (*ids.shape, num_classes) int64 one-hot; num_classes -1 infers max + 1.
 Tensor one_hot(const Tensor& ids, int64_t num_classes = -1);
 

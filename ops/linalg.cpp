@@ -38,9 +38,10 @@ Tensor bmm_prim(const Tensor& a, const Tensor& b) {
 Tensor bmm(const Tensor& a, const Tensor& b) {
   COIL_OP("bmm");
   if (any_distributed({&a, &b})) return dist_dispatch(op_, {a, b}, {})[0];
-  COIL_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-d tensors, got ", a.shape_str(), " and ", b.shape_str());
-  COIL_CHECK(a.sizes()[0] == b.sizes()[0] && a.sizes()[2] == b.sizes()[1], "bmm: shapes ", a.shape_str(), " and ",
-             b.shape_str(), " cannot be multiplied");
+  COIL_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-d tensors, got ", a.shape_str(),
+             " and ", b.shape_str());
+  COIL_CHECK(a.sizes()[0] == b.sizes()[0] && a.sizes()[2] == b.sizes()[1], "bmm: shapes ",
+             a.shape_str(), " and ", b.shape_str(), " cannot be multiplied");
   check_same_device("bmm", {a, b});
   return bmm_prim(a, b);
 }
@@ -49,14 +50,14 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   COIL_OP("matmul");
   if (any_distributed({&a, &b})) return dist_dispatch(op_, {a, b}, {})[0];
   check_same_device("matmul", {a, b});
-  COIL_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ", a.shape_str(),
-             " and ", b.shape_str());
+  COIL_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ",
+             a.shape_str(), " and ", b.shape_str());
   const bool a1 = a.dim() == 1, b1 = b.dim() == 1;
   Tensor A = a1 ? unsqueeze(a, 0) : a;   // (.., n, k)
   Tensor B = b1 ? unsqueeze(b, -1) : b;  // (.., k, m)
   const int64_t n = A.size(-2), k = A.size(-1), k2 = B.size(-2), m = B.size(-1);
-  COIL_CHECK(k == k2, "matmul: shapes ", a.shape_str(), " and ", b.shape_str(), " cannot be multiplied (", k,
-             " vs ", k2, ")");
+  COIL_CHECK(k == k2, "matmul: shapes ", a.shape_str(), " and ", b.shape_str(),
+             " cannot be multiplied (", k, " vs ", k2, ")");
   Shape ba(A.sizes().begin(), A.sizes().end() - 2), bb(B.sizes().begin(), B.sizes().end() - 2);
   Shape batch = broadcast_shapes("matmul", ba, bb);
   int64_t nb = shape_numel(batch);
@@ -93,10 +94,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (any_distributed({&x, &weight, &bias})) return dist_dispatch(op_, {x, weight, bias}, {})[0];
   COIL_CHECK(weight.dim() == 2, "linear: weight must be 2-d (out, in), got ", weight.shape_str());
   COIL_CHECK(x.dim() >= 1 && x.size(-1) == weight.sizes()[1], "linear: input ", x.shape_str(),
-             " does not match weight ", weight.shape_str(), " (in_features ", weight.sizes()[1], ")");
+             " does not match weight ", weight.shape_str(), " (in_features ", weight.sizes()[1],
+             ")");
   if (bias.defined()) {
-    COIL_CHECK(bias.dim() == 1 && bias.sizes()[0] == weight.sizes()[0], "linear: bias ", bias.shape_str(),
-               " does not match out_features ", weight.sizes()[0]);
+    COIL_CHECK(bias.dim() == 1 && bias.sizes()[0] == weight.sizes()[0], "linear: bias ",
+               bias.shape_str(), " does not match out_features ", weight.sizes()[0]);
   }
   Tensor y = matmul(x, weight.t());
   return bias.defined() ? y + bias : y;
@@ -127,10 +129,13 @@ void register_linalg() {
   {
     OpInfo& o = register_op("linear", "linalg");
     o.composite = true;
-    o.boxed = [](const TensorList& i, const Attrs&) { return TensorList{linear(i[0], i[1], i.size() > 2 ? i[2] : Tensor())}; };
+    o.boxed = [](const TensorList& i, const Attrs&) {
+      return TensorList{linear(i[0], i[1], i.size() > 2 ? i[2] : Tensor())};
+    };
     o.gradcheck = [] {
-      return GradcheckCase{{detail::gc_rand({2, 3, 4}), detail::gc_rand({5, 4}), detail::gc_rand({5})},
-                           [](const TensorList& x) { return linear(x[0], x[1], x[2]); }};
+      return GradcheckCase{
+          {detail::gc_rand({2, 3, 4}), detail::gc_rand({5, 4}), detail::gc_rand({5})},
+          [](const TensorList& x) { return linear(x[0], x[1], x[2]); }};
     };
   }
 }

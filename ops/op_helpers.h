@@ -20,7 +20,6 @@ inline Tensor wrap(Scalar s, Device d = Device()) { return scalar_tensor(s, s.wr
 Shape reduce_dims(const char* op, const Shape& dims, int64_t ndim);
 
 // The op's row, looked up once per call site.
-#define COIL_OP(name)                                  \
-  static const ::coil::OpInfo& op_ = ::coil::op_info(name)
+#define COIL_OP(name) static const ::coil::OpInfo& op_ = ::coil::op_info(name)
 
 }  // namespace coil::detail

@@ -7,7 +7,8 @@
 namespace coil {
 
 namespace {
-void print_rec(std::ostream& os, const std::vector<double>& v, const Shape& s, size_t d, int64_t off, int64_t stride) {
+void print_rec(std::ostream& os, const std::vector<double>& v, const Shape& s, size_t d,
+               int64_t off, int64_t stride) {
   if (d == s.size()) {
     os << v[off];
     return;

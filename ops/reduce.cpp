@@ -22,7 +22,8 @@ Shape reduce_dims(const char* op, const Shape& dims, int64_t ndim) {
   }
   for (int64_t d : dims) out.push_back(normalize_dim(op, d, ndim));
   std::sort(out.begin(), out.end());
-  COIL_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), op, ": dim repeats in ", shape_str(dims));
+  COIL_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), op, ": dim repeats in ",
+             shape_str(dims));
   if (ndim == 0) out.clear();
   return out;
 }
@@ -61,7 +62,8 @@ Plan make_plan(const char* op, const Tensor& x, const Shape& dims_in, DType ct) 
   return p;
 }
 
-Tensor run_reduce(const char* name, ReduceOp rop, const Plan& p, DType ct, Device dev, Tensor* idx = nullptr) {
+Tensor run_reduce(const char* name, ReduceOp rop, const Plan& p, DType ct, Device dev,
+                  Tensor* idx = nullptr) {
   const OpInfo& op = op_info(name);
   Tensor out = empty(p.out_shape, Options(ct, dev));
   Tensor ix;
@@ -76,7 +78,9 @@ Tensor expand_back(const Tensor& g, const Shape& keep_shape, const Shape& in_sha
   return expand(reshape(g, keep_shape), in_shape);
 }
 
-Tensor finish(const Tensor& out, const Plan& p, bool keepdim) { return keepdim ? reshape(out, p.keep_shape) : out; }
+Tensor finish(const Tensor& out, const Plan& p, bool keepdim) {
+  return keepdim ? reshape(out, p.keep_shape) : out;
+}
 
 DType sum_dtype(DType t) { return is_floating(t) ? t : kI64; }
 
@@ -84,14 +88,16 @@ DType sum_dtype(DType t) { return is_floating(t) ? t : kI64; }
 
 Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
   COIL_OP("sum");
-  if (any_distributed({&x})) return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];
+  if (any_distributed({&x}))
+    return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];
   DType out_t = sum_dtype(x.dtype()), ct = compute_dtype(out_t);
   Plan p = make_plan("sum", x, dims, ct);
   Tensor out = run_reduce("sum", ReduceOp::sum, p, ct, x.device());
   if (ct != out_t) out = detail::cast(out, out_t);
   if (needs_grad({&x})) {
     Shape keep = p.keep_shape, in = x.sizes();
-    record("sum", {x}, {out}, [keep, in](const TensorList& g) { return TensorList{expand_back(g[0], keep, in)}; });
+    record("sum", {x}, {out},
+           [keep, in](const TensorList& g) { return TensorList{expand_back(g[0], keep, in)}; });
   }
   check_anomaly("sum", {x}, {out});
   return finish(out, p, keepdim);
@@ -113,12 +119,14 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
   for (int64_t i : d) r *= x.sizes()[i];
   COIL_CHECK(correction >= 0, "var: correction must be non-negative, got ", correction);
   Tensor centered = x - mean(x, dims, true);
-  return sum(centered * centered, dims, keepdim) / static_cast<double>(std::max<int64_t>(r - correction, 0));
+  return sum(centered * centered, dims, keepdim) /
+         static_cast<double>(std::max<int64_t>(r - correction, 0));
 }
 
 Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
   COIL_OP("logsumexp");
-  if (any_distributed({&x})) return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];
+  if (any_distributed({&x}))
+    return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];
   DType out_t = is_floating(x.dtype()) ? x.dtype() : kF32, ct = compute_dtype(out_t);
   Plan p = make_plan("logsumexp", x, dims, ct);
   COIL_CHECK(p.r > 0, "logsumexp: reducing over an empty dim of ", x.shape_str());
@@ -138,7 +146,8 @@ Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
 
 Tensor amax(const Tensor& x, const Shape& dims, bool keepdim) {
   COIL_OP("amax");
-  if (any_distributed({&x})) return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];
+  if (any_distributed({&x}))
+    return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];
   DType ct = compute_dtype(x.dtype());
   if (ct == kBool) ct = kI64;
   Plan p = make_plan("amax", x, dims, ct);
@@ -173,7 +182,8 @@ Tensor min(const Tensor& x) {
 }
 
 namespace {
-std::pair<Tensor, Tensor> max_min_dim(const char* name, bool is_max, const Tensor& x, int64_t dim, bool keepdim) {
+std::pair<Tensor, Tensor> max_min_dim(const char* name, bool is_max, const Tensor& x, int64_t dim,
+                                      bool keepdim) {
   const OpInfo& op = op_info(name);
   if (any_distributed({&x})) {
     TensorList r = dist_dispatch(op, {x}, {{"dim", dim}, {"keepdim", keepdim}});
@@ -197,7 +207,8 @@ std::pair<Tensor, Tensor> max_min_dim(const char* name, bool is_max, const Tenso
       if (!in.empty()) ar_shape[d] = n;
       Tensor pos = reshape(arange(n, Options(kI64, g[0].device())), ar_shape);
       Tensor hit = eq(pos, reshape(si.unpack(), keep));
-      return TensorList{where(hit, reshape(g[0], keep), zeros({}, Options(g[0].dtype(), g[0].device())))};
+      return TensorList{
+          where(hit, reshape(g[0], keep), zeros({}, Options(g[0].dtype(), g[0].device())))};
     });
   }
   check_anomaly(name, {x}, {out});
@@ -205,9 +216,11 @@ std::pair<Tensor, Tensor> max_min_dim(const char* name, bool is_max, const Tenso
   return {out, idx};
 }
 
-Tensor arg_reduce(const char* name, ReduceOp rop, const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
+Tensor arg_reduce(const char* name, ReduceOp rop, const Tensor& x, std::optional<int64_t> dim,
+                  bool keepdim) {
   const OpInfo& op = op_info(name);
-  if (any_distributed({&x})) return dist_dispatch(op, {x}, {{"dim", dim.value_or(-1)}, {"keepdim", keepdim}})[0];
+  if (any_distributed({&x}))
+    return dist_dispatch(op, {x}, {{"dim", dim.value_or(-1)}, {"keepdim", keepdim}})[0];
   COIL_CHECK(x.numel() > 0, name, ": cannot reduce an empty tensor");
   DType ct = compute_dtype(x.dtype());
   if (ct == kBool) ct = kI64;
@@ -226,10 +239,18 @@ Tensor arg_reduce(const char* name, ReduceOp rop, const Tensor& x, std::optional
 }
 }  // namespace
 
-std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) { return max_min_dim("max", true, x, dim, keepdim); }
-std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) { return max_min_dim("min", false, x, dim, keepdim); }
-Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim) { return arg_reduce("argmax", ReduceOp::argmax, x, dim, keepdim); }
-Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) { return arg_reduce("argmin", ReduceOp::argmin, x, dim, keepdim); }
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
+  return max_min_dim("max", true, x, dim, keepdim);
+}
+std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) {
+  return max_min_dim("min", false, x, dim, keepdim);
+}
+Tensor argmax(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
+  return arg_reduce("argmax", ReduceOp::argmax, x, dim, keepdim);
+}
+Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
+  return arg_reduce("argmin", ReduceOp::argmin, x, dim, keepdim);
+}
 
 Tensor sum_to(const Tensor& g, const Shape& shape) {
   if (g.sizes() == shape) return g;
@@ -242,7 +263,8 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
     } else if (shape[i - lead] == 1 && g.sizes()[i] != 1) {
       dims.push_back(i);
     } else {
-      COIL_CHECK(shape[i - lead] == g.sizes()[i], "sum_to: cannot sum ", g.shape_str(), " down to ", shape_str(shape));
+      COIL_CHECK(shape[i - lead] == g.sizes()[i], "sum_to: cannot sum ", g.shape_str(), " down to ",
+                 shape_str(shape));
     }
   }
   if (dims.empty()) return reshape(g, shape);
@@ -272,9 +294,10 @@ void anomaly_check(const std::string& where, const TensorList& inputs, const Ten
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (!outputs[i].defined() || !has_nonfinite(outputs[i])) continue;
     std::string shapes;
-    for (const Tensor& t : inputs) shapes += (shapes.empty() ? "" : ", ") + (t.defined() ? t.shape_str() : "-");
-    fail("anomaly: ", where, " produced NaN or Inf in output ", i, " (shape ", outputs[i].shape_str(),
-         "); input shapes: ", shapes);
+    for (const Tensor& t : inputs)
+      shapes += (shapes.empty() ? "" : ", ") + (t.defined() ? t.shape_str() : "-");
+    fail("anomaly: ", where, " produced NaN or Inf in output ", i, " (shape ",
+         outputs[i].shape_str(), "); input shapes: ", shapes);
   }
 }
 
@@ -287,43 +310,93 @@ void register_reduce() {
     o.boxed = std::move(boxed);
     o.gradcheck = std::move(gc);
   };
-  reg("sum", true,
-      [](const TensorList& i, const Attrs& a) { return TensorList{sum(i[0], attr_or<Shape>(a, "dims", {}), attr_or(a, "keepdim", false))}; },
-      [] { return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) { return sum(x[0].transpose(0, 2), {0, 2}, true); }}; });
-  reg("logsumexp", true,
-      [](const TensorList& i, const Attrs& a) { return TensorList{logsumexp(i[0], attr<Shape>(a, "dims"), attr_or(a, "keepdim", false))}; },
-      [] { return GC{{detail::gc_rand({3, 4, 5}, -3, 3)}, [](const TensorList& x) { return logsumexp(x[0], {0, 2}); }}; });
-  reg("amax", true,
-      [](const TensorList& i, const Attrs& a) { return TensorList{amax(i[0], attr<Shape>(a, "dims"), attr_or(a, "keepdim", false))}; },
-      [] { return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) { return amax(x[0], {1}); }}; });
-  reg("max", true,
+  reg(
+      "sum", true,
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{sum(i[0], attr_or<Shape>(a, "dims", {}), attr_or(a, "keepdim", false))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) {
+                    return sum(x[0].transpose(0, 2), {0, 2}, true);
+                  }};
+      });
+  reg(
+      "logsumexp", true,
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{logsumexp(i[0], attr<Shape>(a, "dims"), attr_or(a, "keepdim", false))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5}, -3, 3)}, [](const TensorList& x) {
+                    return logsumexp(x[0], {0, 2});
+                  }};
+      });
+  reg(
+      "amax", true,
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{amax(i[0], attr<Shape>(a, "dims"), attr_or(a, "keepdim", false))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5})},
+                  [](const TensorList& x) { return amax(x[0], {1}); }};
+      });
+  reg(
+      "max", true,
       [](const TensorList& i, const Attrs& a) {
         auto r = max(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false));
         return TensorList{r.first, r.second};
       },
-      [] { return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) { return max(x[0], -1, true).first; }}; });
-  reg("min", true,
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5})},
+                  [](const TensorList& x) { return max(x[0], -1, true).first; }};
+      });
+  reg(
+      "min", true,
       [](const TensorList& i, const Attrs& a) {
         auto r = min(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false));
         return TensorList{r.first, r.second};
       },
-      [] { return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) { return min(x[0], 0).first; }}; });
-  reg("argmax", false,
-      [](const TensorList& i, const Attrs& a) { return TensorList{argmax(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false))}; }, nullptr);
-  reg("argmin", false,
-      [](const TensorList& i, const Attrs& a) { return TensorList{argmin(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false))}; }, nullptr);
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5})},
+                  [](const TensorList& x) { return min(x[0], 0).first; }};
+      });
+  reg(
+      "argmax", false,
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{argmax(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false))};
+      },
+      nullptr);
+  reg(
+      "argmin", false,
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{argmin(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false))};
+      },
+      nullptr);
   auto comp = [](const char* name, BoxedFn boxed, std::function<GC()> gc) {
     OpInfo& o = register_op(name, "reduce");
     o.composite = true;
     o.boxed = std::move(boxed);
     o.gradcheck = std::move(gc);
   };
-  comp("mean", [](const TensorList& i, const Attrs& a) { return TensorList{mean(i[0], attr_or<Shape>(a, "dims", {}), attr_or(a, "keepdim", false))}; },
-       [] { return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) { return mean(x[0], {-1}); }}; });
-  comp("var", [](const TensorList& i, const Attrs& a) {
-         return TensorList{var(i[0], attr_or<Shape>(a, "dims", {}), attr_or<int64_t>(a, "correction", 1), attr_or(a, "keepdim", false))};
-       },
-       [] { return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) { return var(x[0], {0, 2}); }}; });
+  comp(
+      "mean",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{mean(i[0], attr_or<Shape>(a, "dims", {}), attr_or(a, "keepdim", false))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5})},
+                  [](const TensorList& x) { return mean(x[0], {-1}); }};
+      });
+  comp(
+      "var",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{var(i[0], attr_or<Shape>(a, "dims", {}),
+                              attr_or<int64_t>(a, "correction", 1), attr_or(a, "keepdim", false))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4, 5})}, [](const TensorList& x) {
+                    return var(x[0], {0, 2});
+                  }};
+      });
   set_anomaly_check(&anomaly_check);
 }
 OpRegistrar reg(register_reduce);

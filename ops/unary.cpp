@@ -13,7 +13,8 @@ namespace coil {
 namespace {
 
 // dx from (grad, input, output, p0, p1); written with coil ops so it runs on every device.
-using UnaryGrad = Tensor (*)(const Tensor& g, const Tensor& x, const Tensor& y, double p0, double p1);
+using UnaryGrad = Tensor (*)(const Tensor& g, const Tensor& x, const Tensor& y, double p0,
+                             double p1);
 
 struct UnarySpec {
   const char* name;
@@ -59,13 +60,21 @@ Tensor apply_unary(const UnarySpec& s, const Tensor& x, double p0 = 0, double p1
 Tensor g_neg(const Tensor& g, const Tensor&, const Tensor&, double, double) { return -g; }
 Tensor g_exp(const Tensor& g, const Tensor&, const Tensor& y, double, double) { return g * y; }
 Tensor g_log(const Tensor& g, const Tensor& x, const Tensor&, double, double) { return g / x; }
-Tensor g_log1p(const Tensor& g, const Tensor& x, const Tensor&, double, double) { return g / (x + 1.0); }
-Tensor g_sqrt(const Tensor& g, const Tensor&, const Tensor& y, double, double) { return g / (2.0 * y); }
+Tensor g_log1p(const Tensor& g, const Tensor& x, const Tensor&, double, double) {
+  return g / (x + 1.0);
+}
+Tensor g_sqrt(const Tensor& g, const Tensor&, const Tensor& y, double, double) {
+  return g / (2.0 * y);
+}
 Tensor g_rsqrt(const Tensor& g, const Tensor&, const Tensor& y, double, double) {
   return g * (-0.5 * y * y * y);
 }
-Tensor g_abs(const Tensor& g, const Tensor& x, const Tensor&, double, double) { return g * sign(x); }
-Tensor g_tanh(const Tensor& g, const Tensor&, const Tensor& y, double, double) { return g * (1.0 - y * y); }
+Tensor g_abs(const Tensor& g, const Tensor& x, const Tensor&, double, double) {
+  return g * sign(x);
+}
+Tensor g_tanh(const Tensor& g, const Tensor&, const Tensor& y, double, double) {
+  return g * (1.0 - y * y);
+}
 Tensor g_sigmoid(const Tensor& g, const Tensor&, const Tensor& y, double, double) {
   return g * (y * (1.0 - y));
 }
@@ -90,7 +99,9 @@ Tensor g_gelu(const Tensor& g, const Tensor& x, const Tensor&, double approx, do
   Tensor Phi = 0.5 * (1.0 + erf(x * 0.7071067811865476));
   return g * (Phi + x * phi);
 }
-Tensor g_relu(const Tensor& g, const Tensor&, const Tensor& y, double, double) { return where(y > 0, g, zeros_like(g)); }
+Tensor g_relu(const Tensor& g, const Tensor&, const Tensor& y, double, double) {
+  return where(y > 0, g, zeros_like(g));
+}
 Tensor g_pow(const Tensor& g, const Tensor& x, const Tensor&, double e, double) {
   if (e == 0) return zeros_like(g);
   return g * (e * pow(x, e - 1));
@@ -101,12 +112,18 @@ Tensor g_clamp(const Tensor& g, const Tensor& x, const Tensor&, double lo, doubl
   if (!std::isnan(hi)) keep = logical_and(keep, x <= full_like(x, hi));
   return where(keep, g, zeros_like(g));
 }
-Tensor g_square(const Tensor& g, const Tensor& x, const Tensor&, double, double) { return g * (2.0 * x); }
-Tensor g_reciprocal(const Tensor& g, const Tensor&, const Tensor& y, double, double) { return -g * y * y; }
+Tensor g_square(const Tensor& g, const Tensor& x, const Tensor&, double, double) {
+  return g * (2.0 * x);
+}
+Tensor g_reciprocal(const Tensor& g, const Tensor&, const Tensor& y, double, double) {
+  return -g * y * y;
+}
 Tensor g_erf(const Tensor& g, const Tensor& x, const Tensor&, double, double) {
   return g * (exp(-x * x) * 1.1283791670955126);  // 2 / sqrt(pi)
 }
-Tensor g_sign(const Tensor& g, const Tensor&, const Tensor&, double, double) { return zeros_like(g); }
+Tensor g_sign(const Tensor& g, const Tensor&, const Tensor&, double, double) {
+  return zeros_like(g);
+}
 
 const UnarySpec kSpecs[] = {
     {"neg", UnaryOp::neg, false, g_neg, false, false},
@@ -154,7 +171,9 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
   COIL_CHECK(beta > 0, "softplus: beta must be positive, got ", beta);
   return apply_unary(spec(UnaryOp::softplus), x, beta, threshold);
 }
-Tensor gelu(const Tensor& x, bool approx) { return apply_unary(spec(UnaryOp::gelu), x, approx ? 1 : 0); }
+Tensor gelu(const Tensor& x, bool approx) {
+  return apply_unary(spec(UnaryOp::gelu), x, approx ? 1 : 0);
+}
 Tensor erf(const Tensor& x) { return apply_unary(spec(UnaryOp::erf), x); }
 Tensor relu(const Tensor& x) { return apply_unary(spec(UnaryOp::relu), x); }
 Tensor pow(const Tensor& x, Scalar e) { return apply_unary(spec(UnaryOp::pow), x, e.to_double()); }
@@ -181,7 +200,9 @@ Tensor Tensor::sigmoid() const { return coil::sigmoid(*this); }
 Tensor Tensor::relu() const { return coil::relu(*this); }
 Tensor Tensor::square() const { return coil::square(*this); }
 Tensor Tensor::pow(Scalar e) const { return coil::pow(*this, e); }
-Tensor Tensor::clamp(std::optional<Scalar> lo, std::optional<Scalar> hi) const { return coil::clamp(*this, lo, hi); }
+Tensor Tensor::clamp(std::optional<Scalar> lo, std::optional<Scalar> hi) const {
+  return coil::clamp(*this, lo, hi);
+}
 
 namespace {
 void register_unary() {
@@ -191,23 +212,44 @@ void register_unary() {
     o.differentiable = s.grad != nullptr && s.id != UnaryOp::sign;
     const UnarySpec* sp = &s;
     o.boxed = [sp](const TensorList& in, const Attrs& a) {
-      return TensorList{apply_unary(*sp, in[0], attr_or<double>(a, "p0", 0), attr_or<double>(a, "p1", 0))};
+      return TensorList{
+          apply_unary(*sp, in[0], attr_or<double>(a, "p0", 0), attr_or<double>(a, "p1", 0))};
     };
     if (!o.differentiable) continue;
     // Inputs away from the kinks and poles of each function.
     double lo = -2, hi = 2, p0 = 0, p1 = 0;
     switch (s.id) {
-      case UnaryOp::log: case UnaryOp::sqrt: case UnaryOp::rsqrt: case UnaryOp::reciprocal: lo = 0.5; break;
-      case UnaryOp::log1p: lo = -0.5; break;
-      case UnaryOp::pow: lo = 0.5; p0 = 2.5; break;
-      case UnaryOp::softplus: p0 = 2; p1 = 3; break;  // both branches: beta x > 3 passes through
-      case UnaryOp::clamp: p0 = -0.7; p1 = 0.9; break;
-      case UnaryOp::gelu: p0 = 0; break;
-      default: break;
+      case UnaryOp::log:
+      case UnaryOp::sqrt:
+      case UnaryOp::rsqrt:
+      case UnaryOp::reciprocal:
+        lo = 0.5;
+        break;
+      case UnaryOp::log1p:
+        lo = -0.5;
+        break;
+      case UnaryOp::pow:
+        lo = 0.5;
+        p0 = 2.5;
+        break;
+      case UnaryOp::softplus:
+        p0 = 2;
+        p1 = 3;
+        break;  // both branches: beta x > 3 passes through
+      case UnaryOp::clamp:
+        p0 = -0.7;
+        p1 = 0.9;
+        break;
+      case UnaryOp::gelu:
+        p0 = 0;
+        break;
+      default:
+        break;
     }
     o.gradcheck = [sp, lo, hi, p0, p1] {
-      return GradcheckCase{{detail::gc_rand({4, 5}, lo, hi)},
-                           [sp, p0, p1](const TensorList& x) { return apply_unary(*sp, x[0], p0, p1); }};
+      return GradcheckCase{{detail::gc_rand({4, 5}, lo, hi)}, [sp, p0, p1](const TensorList& x) {
+                             return apply_unary(*sp, x[0], p0, p1);
+                           }};
     };
   }
 }

@@ -49,14 +49,16 @@ Shape infer_shape(const char* op, const Shape& shape, int64_t numel) {
                " is invalid for input of size ", numel);
     out[neg] = numel / known;
   } else {
-    COIL_CHECK(known == numel, op, ": shape ", shape_str(shape), " is invalid for input of size ", numel);
+    COIL_CHECK(known == numel, op, ": shape ", shape_str(shape), " is invalid for input of size ",
+               numel);
   }
   return out;
 }
 
 // Strides that let `sizes` view memory laid out as (old_sizes, old_strides), or nothing when a
 // copy is needed (torch's computeStride).
-std::optional<Shape> view_strides(const Shape& old_sizes, const Shape& old_strides, const Shape& sizes) {
+std::optional<Shape> view_strides(const Shape& old_sizes, const Shape& old_strides,
+                                  const Shape& sizes) {
   Shape ns(sizes.size());
   if (shape_numel(old_sizes) == 0 || old_sizes.empty()) return contiguous_strides(sizes);
   int64_t view_d = static_cast<int64_t>(sizes.size()) - 1;
@@ -139,8 +141,11 @@ Tensor slice(const Tensor& x, int64_t dim, std::optional<int64_t> start, std::op
              int64_t step) {
   COIL_OP("slice");
   if (any_distributed({&x})) {
-    return dist_dispatch(op_, {x}, {{"dim", dim}, {"start", start.value_or(0)},
-                                    {"end", end.value_or(INT64_MAX)}, {"step", step}})[0];
+    return dist_dispatch(op_, {x},
+                         {{"dim", dim},
+                          {"start", start.value_or(0)},
+                          {"end", end.value_or(INT64_MAX)},
+                          {"step", step}})[0];
   }
   COIL_CHECK(x.dim() > 0, "slice: cannot slice a 0-d tensor");
   dim = normalize_dim("slice", dim, x.dim());
@@ -168,8 +173,8 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   int64_t d = normalize_dim("narrow", dim, x.dim());
   const int64_t n = x.sizes()[d];
   if (start < 0) start += n;
-  COIL_CHECK(start >= 0 && length >= 0 && start + length <= n, "narrow: start ", start, " + length ",
-             length, " exceeds dim ", d, " of size ", n);
+  COIL_CHECK(start >= 0 && length >= 0 && start + length <= n, "narrow: start ", start,
+             " + length ", length, " exceeds dim ", d, " of size ", n);
   return slice(x, d, start, start + length, 1);
 }
 
@@ -208,11 +213,13 @@ Tensor expand(const Tensor& x, const Shape& shape) {
       int64_t cur = x.sizes()[j];
       if (target == -1) target = cur;
       COIL_CHECK(cur == target || cur == 1, "expand: the size ", cur, " of dim ", j, " of ",
-                 x.shape_str(), " must be 1 to expand to ", target, " (target ", shape_str(shape), ")");
+                 x.shape_str(), " must be 1 to expand to ", target, " (target ", shape_str(shape),
+                 ")");
       sz[i] = target;
       st[i] = cur == target ? x.strides()[j] : 0;
     } else {
-      COIL_CHECK(target >= 0, "expand: -1 is not allowed for a new leading dim in ", shape_str(shape));
+      COIL_CHECK(target >= 0, "expand: -1 is not allowed for a new leading dim in ",
+                 shape_str(shape));
       sz[i] = target;
       st[i] = 0;
     }
@@ -250,7 +257,8 @@ Tensor unsqueeze(const Tensor& x, int64_t dim) {
 
 Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
   if (x.dim() == 0) return reshape(x, {1});
-  int64_t s = normalize_dim("flatten", start_dim, x.dim()), e = normalize_dim("flatten", end_dim, x.dim());
+  int64_t s = normalize_dim("flatten", start_dim, x.dim()),
+          e = normalize_dim("flatten", end_dim, x.dim());
   COIL_CHECK(s <= e, "flatten: start_dim ", start_dim, " comes after end_dim ", end_dim);
   Shape out;
   for (int64_t i = 0; i < s; ++i) out.push_back(x.sizes()[i]);
@@ -280,8 +288,11 @@ Tensor Tensor::t() const {
   COIL_CHECK(dim() <= 2, "t: expects a tensor with <= 2 dims, got ", dim());
   return dim() < 2 ? *this : coil::transpose(*this, 0, 1);
 }
-Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const { return coil::narrow(*this, d, s, l); }
-Tensor Tensor::slice(int64_t d, std::optional<int64_t> s, std::optional<int64_t> e, int64_t st) const {
+Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const {
+  return coil::narrow(*this, d, s, l);
+}
+Tensor Tensor::slice(int64_t d, std::optional<int64_t> s, std::optional<int64_t> e,
+                     int64_t st) const {
   return coil::slice(*this, d, s, e, st);
 }
 Tensor Tensor::select(int64_t d, int64_t i) const { return coil::select(*this, d, i); }
@@ -301,24 +312,73 @@ void register_view() {
     o.boxed = std::move(boxed);
     o.gradcheck = std::move(gc);
   };
-  reg("view", [](const TensorList& i, const Attrs& a) { return TensorList{view(i[0], attr<Shape>(a, "shape"))}; },
-      [] { return GC{{detail::gc_rand({2, 6})}, [](const TensorList& x) { return view(x[0], {3, -1}); }}; });
-  reg("reshape", [](const TensorList& i, const Attrs& a) { return TensorList{reshape(i[0], attr<Shape>(a, "shape"))}; },
-      [] { return GC{{detail::gc_rand({3, 4})}, [](const TensorList& x) { return reshape(x[0].t(), {12}); }}; });
-  reg("permute", [](const TensorList& i, const Attrs& a) { return TensorList{permute(i[0], attr<Shape>(a, "dims"))}; },
-      [] { return GC{{detail::gc_rand({2, 3, 4})}, [](const TensorList& x) { return permute(x[0], {2, 0, 1}); }}; });
-  reg("slice",
+  reg(
+      "view",
       [](const TensorList& i, const Attrs& a) {
-        return TensorList{slice(i[0], attr<int64_t>(a, "dim"), attr<int64_t>(a, "start"), attr<int64_t>(a, "end"),
-                                attr<int64_t>(a, "step"))};
+        return TensorList{view(i[0], attr<Shape>(a, "shape"))};
       },
-      [] { return GC{{detail::gc_rand({5, 7})}, [](const TensorList& x) { return slice(x[0], 1, 1, 6, 2); }}; });
-  reg("select", [](const TensorList& i, const Attrs& a) { return TensorList{select(i[0], attr<int64_t>(a, "dim"), attr<int64_t>(a, "index"))}; },
-      [] { return GC{{detail::gc_rand({3, 4})}, [](const TensorList& x) { return select(x[0], 1, -1); }}; });
-  reg("expand", [](const TensorList& i, const Attrs& a) { return TensorList{expand(i[0], attr<Shape>(a, "shape"))}; },
-      [] { return GC{{detail::gc_rand({3, 1})}, [](const TensorList& x) { return expand(x[0], {2, 3, 4}); }}; });
-  reg("unsqueeze", [](const TensorList& i, const Attrs& a) { return TensorList{unsqueeze(i[0], attr<int64_t>(a, "dim"))}; },
-      [] { return GC{{detail::gc_rand({3, 4})}, [](const TensorList& x) { return unsqueeze(x[0], 1); }}; });
+      [] {
+        return GC{{detail::gc_rand({2, 6})}, [](const TensorList& x) {
+                    return view(x[0], {3, -1});
+                  }};
+      });
+  reg(
+      "reshape",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{reshape(i[0], attr<Shape>(a, "shape"))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4})},
+                  [](const TensorList& x) { return reshape(x[0].t(), {12}); }};
+      });
+  reg(
+      "permute",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{permute(i[0], attr<Shape>(a, "dims"))};
+      },
+      [] {
+        return GC{{detail::gc_rand({2, 3, 4})}, [](const TensorList& x) {
+                    return permute(x[0], {2, 0, 1});
+                  }};
+      });
+  reg(
+      "slice",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{slice(i[0], attr<int64_t>(a, "dim"), attr<int64_t>(a, "start"),
+                                attr<int64_t>(a, "end"), attr<int64_t>(a, "step"))};
+      },
+      [] {
+        return GC{{detail::gc_rand({5, 7})},
+                  [](const TensorList& x) { return slice(x[0], 1, 1, 6, 2); }};
+      });
+  reg(
+      "select",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{select(i[0], attr<int64_t>(a, "dim"), attr<int64_t>(a, "index"))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4})},
+                  [](const TensorList& x) { return select(x[0], 1, -1); }};
+      });
+  reg(
+      "expand",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{expand(i[0], attr<Shape>(a, "shape"))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 1})}, [](const TensorList& x) {
+                    return expand(x[0], {2, 3, 4});
+                  }};
+      });
+  reg(
+      "unsqueeze",
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{unsqueeze(i[0], attr<int64_t>(a, "dim"))};
+      },
+      [] {
+        return GC{{detail::gc_rand({3, 4})},
+                  [](const TensorList& x) { return unsqueeze(x[0], 1); }};
+      });
 }
 OpRegistrar reg(register_view);
 }  // namespace

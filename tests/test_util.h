@@ -40,7 +40,8 @@ inline std::vector<double> vals(const Tensor& t) { return coil::to_vector<double
 
 // A tensor with random values in [lo, hi), in dtype, optionally as a non-contiguous view
 // (a transposed copy transposed back, so the values are the same but the strides are not).
-inline Tensor rnd(const Shape& s, coil::DType t = coil::kF32, double lo = -2, double hi = 2, bool noncontig = false) {
+inline Tensor rnd(const Shape& s, coil::DType t = coil::kF32, double lo = -2, double hi = 2,
+                  bool noncontig = false) {
   Tensor x = coil::rand(s, coil::kF64) * (hi - lo) + lo;
   x = x.to(t);
   if (noncontig && s.size() >= 2) {
@@ -66,19 +67,21 @@ inline void check_close(const Tensor& got, const std::vector<double>& ref, doubl
   }
 }
 
-inline void check_gradcheck(const std::function<Tensor(const coil::TensorList&)>& fn, const coil::TensorList& in,
-                            double atol = 1e-5, double rtol = 1e-3) {
+inline void check_gradcheck(const std::function<Tensor(const coil::TensorList&)>& fn,
+                            const coil::TensorList& in, double atol = 1e-5, double rtol = 1e-3) {
   auto r = coil::gradcheck(fn, in, 1e-6, atol, rtol);
   CHECK_MESSAGE(r.ok, r.message);
 }
 
 // Runs fn and checks it throws coil::Error whose message contains every fragment.
-inline void check_error(const std::function<void()>& fn, const std::vector<std::string>& fragments) {
+inline void check_error(const std::function<void()>& fn,
+                        const std::vector<std::string>& fragments) {
   try {
     fn();
   } catch (const coil::Error& e) {
     std::string m = e.what();
-    for (const auto& f : fragments) CHECK_MESSAGE(m.find(f) != std::string::npos, "message '" << m << "' lacks '" << f << "'");
+    for (const auto& f : fragments)
+      CHECK_MESSAGE(m.find(f) != std::string::npos, "message '" << m << "' lacks '" << f << "'");
     return;
   }
   FAIL_CHECK("expected coil::Error containing '" << (fragments.empty() ? "" : fragments[0]) << "'");

@@ -12,13 +12,15 @@ void check_params(const char* who, const std::vector<ParamGroup>& groups) {
   for (const auto& g : groups)
     for (const Tensor& p : g.params) {
       COIL_CHECK(p.defined(), who, ": got an undefined parameter");
-      COIL_CHECK(p.is_leaf() && p.requires_grad(), who, ": parameters must be leaf tensors that require grad (got shape ",
-                 p.shape_str(), ")");
+      COIL_CHECK(p.is_leaf() && p.requires_grad(), who,
+                 ": parameters must be leaf tensors that require grad (got shape ", p.shape_str(),
+                 ")");
     }
 }
 }  // namespace
 
-Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr, double weight_decay) : groups_(std::move(groups)) {
+Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr, double weight_decay)
+    : groups_(std::move(groups)) {
   for (auto& g : groups_) {
     if (g.lr < 0) g.lr = lr;
     if (g.weight_decay < 0) g.weight_decay = weight_decay;
@@ -35,12 +37,15 @@ void Optimizer::set_lr(double lr) {
   for (auto& g : groups_) g.lr = lr;
 }
 
-SGD::SGD(std::vector<Tensor> params, SGDOptions o) : SGD(std::vector<ParamGroup>{{std::move(params)}}, o) {}
-SGD::SGD(std::vector<ParamGroup> groups, SGDOptions o) : Optimizer(std::move(groups), o.lr, o.weight_decay), o_(o) {
+SGD::SGD(std::vector<Tensor> params, SGDOptions o)
+    : SGD(std::vector<ParamGroup>{{std::move(params)}}, o) {}
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions o)
+    : Optimizer(std::move(groups), o.lr, o.weight_decay), o_(o) {
   check_params("SGD", groups_);
   COIL_CHECK(o.lr >= 0, "SGD: learning rate must be non-negative, got ", o.lr);
   COIL_CHECK(o.momentum >= 0, "SGD: momentum must be non-negative, got ", o.momentum);
-  COIL_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "SGD: Nesterov needs momentum > 0 and dampening 0");
+  COIL_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+             "SGD: Nesterov needs momentum > 0 and dampening 0");
   momentum_.resize(groups_.size());
   for (size_t i = 0; i < groups_.size(); ++i) momentum_[i].resize(groups_[i].params.size());
 }
@@ -70,13 +75,14 @@ void SGD::step() {
   }
 }
 
-AdamW::AdamW(std::vector<Tensor> params, AdamWOptions o) : AdamW(std::vector<ParamGroup>{{std::move(params)}}, o) {}
+AdamW::AdamW(std::vector<Tensor> params, AdamWOptions o)
+    : AdamW(std::vector<ParamGroup>{{std::move(params)}}, o) {}
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions o)
     : Optimizer(std::move(groups), o.lr, o.weight_decay), o_(o) {
   check_params("AdamW", groups_);
   COIL_CHECK(o.lr >= 0, "AdamW: learning rate must be non-negative, got ", o.lr);
-  COIL_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, "AdamW: betas must be in [0, 1), got (",
-             o.beta1, ", ", o.beta2, ")");
+  COIL_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
+             "AdamW: betas must be in [0, 1), got (", o.beta1, ", ", o.beta2, ")");
   COIL_CHECK(o.eps >= 0, "AdamW: eps must be non-negative, got ", o.eps);
   m_.resize(groups_.size());
   v_.resize(groups_.size());

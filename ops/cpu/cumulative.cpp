@@ -11,7 +11,8 @@ namespace coil::cpu {
 void scan_kernel(ScanOp op, const Tensor& out, const Tensor& in, const Tensor& aux, int64_t outer,
                  int64_t n, int64_t inner, bool reverse) {
   dispatch_dtype(in.dtype(), "cumsum", [&]<class T>() {
-    if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half> || std::is_same_v<T, bool>) {
+    if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half> ||
+                  std::is_same_v<T, bool>) {
       fail("scan kernel: unsupported dtype ", in.dtype());
     } else {
       using A = std::conditional_t<std::is_floating_point_v<T>, double, T>;

@@ -12,7 +12,8 @@ namespace coil::cpu {
 
 namespace {
 
-template <class T> using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+template <class T>
+using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // ---- unary functors: scalar form, and a Vec form where one pays off ----
 struct Params {
@@ -31,23 +32,36 @@ T gelu(T x, bool tanh_approx) {
 template <class T>
 T unary_scalar(UnaryOp op, T x, const Params& p) {
   switch (op) {
-    case UnaryOp::neg: return -x;
-    case UnaryOp::exp: return std::exp(x);
-    case UnaryOp::log: return std::log(x);
-    case UnaryOp::log1p: return std::log1p(x);
-    case UnaryOp::sqrt: return std::sqrt(x);
-    case UnaryOp::rsqrt: return T(1) / std::sqrt(x);
-    case UnaryOp::abs: return std::abs(x);
-    case UnaryOp::tanh: return std::tanh(x);
-    case UnaryOp::sigmoid: return T(1) / (T(1) + std::exp(-x));
-    case UnaryOp::silu: return x / (T(1) + std::exp(-x));
+    case UnaryOp::neg:
+      return -x;
+    case UnaryOp::exp:
+      return std::exp(x);
+    case UnaryOp::log:
+      return std::log(x);
+    case UnaryOp::log1p:
+      return std::log1p(x);
+    case UnaryOp::sqrt:
+      return std::sqrt(x);
+    case UnaryOp::rsqrt:
+      return T(1) / std::sqrt(x);
+    case UnaryOp::abs:
+      return std::abs(x);
+    case UnaryOp::tanh:
+      return std::tanh(x);
+    case UnaryOp::sigmoid:
+      return T(1) / (T(1) + std::exp(-x));
+    case UnaryOp::silu:
+      return x / (T(1) + std::exp(-x));
     case UnaryOp::softplus: {
       T bx = x * T(p.p0);
       return bx > T(p.p1) ? x : std::log1p(std::exp(bx)) / T(p.p0);
     }
-    case UnaryOp::gelu: return gelu(x, p.p0 != 0);
-    case UnaryOp::relu: return x > T(0) ? x : (x != x ? x : T(0));
-    case UnaryOp::pow: return std::pow(x, T(p.p0));
+    case UnaryOp::gelu:
+      return gelu(x, p.p0 != 0);
+    case UnaryOp::relu:
+      return x > T(0) ? x : (x != x ? x : T(0));
+    case UnaryOp::pow:
+      return std::pow(x, T(p.p0));
     case UnaryOp::clamp: {
       if (x != x) return x;
       T r = x;
@@ -55,29 +69,40 @@ T unary_scalar(UnaryOp op, T x, const Params& p) {
       if (!std::isnan(p.p1) && r > T(p.p1)) r = T(p.p1);
       return r;
     }
-    case UnaryOp::square: return x * x;
-    case UnaryOp::sign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);  // keeps NaN and 0
-    case UnaryOp::reciprocal: return T(1) / x;
-    case UnaryOp::erf: return std::erf(x);
-    default: return x;
+    case UnaryOp::square:
+      return x * x;
+    case UnaryOp::sign:
+      return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);  // keeps NaN and 0
+    case UnaryOp::reciprocal:
+      return T(1) / x;
+    case UnaryOp::erf:
+      return std::erf(x);
+    default:
+      return x;
   }
 }
 
 template <class T>
 T unary_int(UnaryOp op, T x, const Params& p) {
   switch (op) {
-    case UnaryOp::neg: return -x;
-    case UnaryOp::abs: return x < 0 ? -x : x;
-    case UnaryOp::relu: return x > 0 ? x : T(0);
-    case UnaryOp::square: return x * x;
-    case UnaryOp::sign: return T((x > 0) - (x < 0));
+    case UnaryOp::neg:
+      return -x;
+    case UnaryOp::abs:
+      return x < 0 ? -x : x;
+    case UnaryOp::relu:
+      return x > 0 ? x : T(0);
+    case UnaryOp::square:
+      return x * x;
+    case UnaryOp::sign:
+      return T((x > 0) - (x < 0));
     case UnaryOp::clamp: {
       T r = x;
       if (!std::isnan(p.p0) && r < T(p.p0)) r = static_cast<T>(p.p0);
       if (!std::isnan(p.p1) && r > T(p.p1)) r = static_cast<T>(p.p1);
       return r;
     }
-    default: fail("unary: op not defined for integer tensors");
+    default:
+      fail("unary: op not defined for integer tensors");
   }
 }
 
@@ -95,7 +120,8 @@ bool unary_f32_vec(UnaryOp op, float* o, const float* a, int64_t n) {
     case UnaryOp::silu:
       for (; i + kWidth <= n; i += kWidth) store(o + i, simd::silu(load(a + i)));
       break;
-    default: return false;
+    default:
+      return false;
   }
   Params p{0, 0};
   for (; i < n; ++i) o[i] = unary_scalar<float>(op, a[i], p);
@@ -146,7 +172,8 @@ void unary_kernel(UnaryOp op, const Tensor& out, const Tensor& in, double p0, do
       ElemLoop L = make_loop({out, in});
       run_loop(L, [&](char** p, const int64_t* s, int64_t n) {
         if (s[0] == 4 && s[1] == 4 &&
-            unary_f32_vec(op, reinterpret_cast<float*>(p[0]), reinterpret_cast<const float*>(p[1]), n))
+            unary_f32_vec(op, reinterpret_cast<float*>(p[0]), reinterpret_cast<const float*>(p[1]),
+                          n))
           return;
         for (int64_t i = 0; i < n; ++i)
           *reinterpret_cast<float*>(p[0] + i * s[0]) =
@@ -154,10 +181,17 @@ void unary_kernel(UnaryOp op, const Tensor& out, const Tensor& in, double p0, do
       });
       return;
     }
-    case kF64: run_unary<double>(out, in, [&](double x) { return unary_scalar<double>(op, x, prm); }); return;
-    case kI32: run_unary<int32_t>(out, in, [&](int32_t x) { return unary_int<int32_t>(op, x, prm); }); return;
-    case kI64: run_unary<int64_t>(out, in, [&](int64_t x) { return unary_int<int64_t>(op, x, prm); }); return;
-    default: fail("unary kernel: unsupported dtype ", out.dtype());
+    case kF64:
+      run_unary<double>(out, in, [&](double x) { return unary_scalar<double>(op, x, prm); });
+      return;
+    case kI32:
+      run_unary<int32_t>(out, in, [&](int32_t x) { return unary_int<int32_t>(op, x, prm); });
+      return;
+    case kI64:
+      run_unary<int64_t>(out, in, [&](int64_t x) { return unary_int<int64_t>(op, x, prm); });
+      return;
+    default:
+      fail("unary kernel: unsupported dtype ", out.dtype());
   }
 }
 
@@ -166,12 +200,17 @@ namespace {
 template <class T>
 T binary_scalar(BinaryOp op, T a, T b, T alpha) {
   switch (op) {
-    case BinaryOp::add: return a + alpha * b;
-    case BinaryOp::sub: return a - alpha * b;
-    case BinaryOp::mul: return a * b;
+    case BinaryOp::add:
+      return a + alpha * b;
+    case BinaryOp::sub:
+      return a - alpha * b;
+    case BinaryOp::mul:
+      return a * b;
     case BinaryOp::div:
-      if constexpr (std::is_floating_point_v<T>) return a / b;
-      else fail("div: integer division is not supported; convert to float first");
+      if constexpr (std::is_floating_point_v<T>)
+        return a / b;
+      else
+        fail("div: integer division is not supported; convert to float first");
     case BinaryOp::pow:
       if constexpr (std::is_floating_point_v<T>) {
         return std::pow(a, b);
@@ -181,25 +220,35 @@ T binary_scalar(BinaryOp op, T a, T b, T alpha) {
         return r;
       }
     case BinaryOp::maximum:
-      if constexpr (std::is_floating_point_v<T>) if (a != a || b != b) return a + b;  // NaN
+      if constexpr (std::is_floating_point_v<T>)
+        if (a != a || b != b) return a + b;  // NaN
       return a > b ? a : b;
     case BinaryOp::minimum:
-      if constexpr (std::is_floating_point_v<T>) if (a != a || b != b) return a + b;
+      if constexpr (std::is_floating_point_v<T>)
+        if (a != a || b != b) return a + b;
       return a < b ? a : b;
-    default: return T(0);
+    default:
+      return T(0);
   }
 }
 
 template <class T>
 bool compare_scalar(BinaryOp op, T a, T b) {
   switch (op) {
-    case BinaryOp::eq: return a == b;
-    case BinaryOp::ne: return a != b;
-    case BinaryOp::lt: return a < b;
-    case BinaryOp::le: return a <= b;
-    case BinaryOp::gt: return a > b;
-    case BinaryOp::ge: return a >= b;
-    default: return false;
+    case BinaryOp::eq:
+      return a == b;
+    case BinaryOp::ne:
+      return a != b;
+    case BinaryOp::lt:
+      return a < b;
+    case BinaryOp::le:
+      return a <= b;
+    case BinaryOp::gt:
+      return a > b;
+    case BinaryOp::ge:
+      return a >= b;
+    default:
+      return false;
   }
 }
 
@@ -235,8 +284,9 @@ void binary_kernel(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor
     dispatch_dtype(a.dtype(), "compare", [&]<class T>() {
       run_loop(L, [&](char** p, const int64_t* s, int64_t n) {
         for (int64_t i = 0; i < n; ++i)
-          *reinterpret_cast<uint8_t*>(p[0] + i * s[0]) = compare_scalar<T>(
-              op, *reinterpret_cast<const T*>(p[1] + i * s[1]), *reinterpret_cast<const T*>(p[2] + i * s[2]));
+          *reinterpret_cast<uint8_t*>(p[0] + i * s[0]) =
+              compare_scalar<T>(op, *reinterpret_cast<const T*>(p[1] + i * s[1]),
+                                *reinterpret_cast<const T*>(p[2] + i * s[2]));
       });
     });
     return;
@@ -245,21 +295,31 @@ void binary_kernel(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor
     case kF32: {
       const float al = static_cast<float>(alpha);
       switch (op) {  // the hot ones get their own instantiation so they vectorise
-        case BinaryOp::add: return binary_rows<float>(L, [al](float x, float y) { return x + al * y; });
-        case BinaryOp::sub: return binary_rows<float>(L, [al](float x, float y) { return x - al * y; });
-        case BinaryOp::mul: return binary_rows<float>(L, [](float x, float y) { return x * y; });
-        case BinaryOp::div: return binary_rows<float>(L, [](float x, float y) { return x / y; });
-        default: return binary_rows<float>(L, [op, al](float x, float y) { return binary_scalar(op, x, y, al); });
+        case BinaryOp::add:
+          return binary_rows<float>(L, [al](float x, float y) { return x + al * y; });
+        case BinaryOp::sub:
+          return binary_rows<float>(L, [al](float x, float y) { return x - al * y; });
+        case BinaryOp::mul:
+          return binary_rows<float>(L, [](float x, float y) { return x * y; });
+        case BinaryOp::div:
+          return binary_rows<float>(L, [](float x, float y) { return x / y; });
+        default:
+          return binary_rows<float>(
+              L, [op, al](float x, float y) { return binary_scalar(op, x, y, al); });
       }
     }
-    case kF64: return binary_rows<double>(L, [op, alpha](double x, double y) { return binary_scalar(op, x, y, alpha); });
+    case kF64:
+      return binary_rows<double>(
+          L, [op, alpha](double x, double y) { return binary_scalar(op, x, y, alpha); });
     case kI32: {
       int32_t al = static_cast<int32_t>(alpha);
-      return binary_rows<int32_t>(L, [op, al](int32_t x, int32_t y) { return binary_scalar(op, x, y, al); });
+      return binary_rows<int32_t>(
+          L, [op, al](int32_t x, int32_t y) { return binary_scalar(op, x, y, al); });
     }
     case kI64: {
       int64_t al = static_cast<int64_t>(alpha);
-      return binary_rows<int64_t>(L, [op, al](int64_t x, int64_t y) { return binary_scalar(op, x, y, al); });
+      return binary_rows<int64_t>(
+          L, [op, al](int64_t x, int64_t y) { return binary_scalar(op, x, y, al); });
     }
     case kBool: {
       ElemLoop& LL = L;
@@ -273,7 +333,8 @@ void binary_kernel(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor
       });
       return;
     }
-    default: fail("binary kernel: unsupported dtype ", out.dtype());
+    default:
+      fail("binary kernel: unsupported dtype ", out.dtype());
   }
 }
 
@@ -316,7 +377,8 @@ void copy_kernel(const Tensor& dst, const Tensor& src) {
           for (int64_t i = 0; i < n; ++i) o[i] = convert<D, S>(a[i]);
         } else {
           for (int64_t i = 0; i < n; ++i)
-            *reinterpret_cast<D*>(p[0] + i * s[0]) = convert<D, S>(*reinterpret_cast<const S*>(p[1] + i * s[1]));
+            *reinterpret_cast<D*>(p[0] + i * s[0]) =
+                convert<D, S>(*reinterpret_cast<const S*>(p[1] + i * s[1]));
         }
       });
     });

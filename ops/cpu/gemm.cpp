@@ -30,13 +30,16 @@ bool blas_view(int64_t rows, int64_t cols, int64_t s_row, int64_t s_col, MatView
 }
 
 template <class T>
-void gemm_one(int64_t n, int64_t m, int64_t k, const T* a, MatView va, const T* b, MatView vb, T* c) {
+void gemm_one(int64_t n, int64_t m, int64_t k, const T* a, MatView va, const T* b, MatView vb,
+              T* c) {
   if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-                1.0f, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld), 0.0f, c, static_cast<int>(m));
+    cblas_sgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m),
+                static_cast<int>(k), 1.0f, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld),
+                0.0f, c, static_cast<int>(m));
   } else {
-    cblas_dgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-                1.0, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld), 0.0, c, static_cast<int>(m));
+    cblas_dgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m),
+                static_cast<int>(k), 1.0, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld),
+                0.0, c, static_cast<int>(m));
   }
 }
 
@@ -66,7 +69,9 @@ void gemm_kernel(const Tensor& out, const Tensor& a_in, const Tensor& b_in) {
       const T* bp = b.data_ptr<T>();
       T* cp = out.data_ptr<T>();
       const int64_t sa = a.strides()[0], sb = b.strides()[0];
-      auto one = [&](int64_t i) { gemm_one<T>(n, m, k, ap + i * sa, va, bp + i * sb, vb, cp + i * n * m); };
+      auto one = [&](int64_t i) {
+        gemm_one<T>(n, m, k, ap + i * sa, va, bp + i * sb, vb, cp + i * n * m);
+      };
       // Many small products: one per thread (BLAS runs single-threaded inside the region).
       if (B > 1 && n * m * k < (1 << 18)) {
         parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {

@@ -8,8 +8,27 @@
 namespace coil {
 
 enum class UnaryOp : int {
-  neg, exp, log, log1p, sqrt, rsqrt, abs, tanh, sigmoid, silu, softplus, gelu, relu, pow,
-  clamp, square, sign, reciprocal, isfinite, logical_not, erf
+  neg,
+  exp,
+  log,
+  log1p,
+  sqrt,
+  rsqrt,
+  abs,
+  tanh,
+  sigmoid,
+  silu,
+  softplus,
+  gelu,
+  relu,
+  pow,
+  clamp,
+  square,
+  sign,
+  reciprocal,
+  isfinite,
+  logical_not,
+  erf
 };
 enum class BinaryOp : int { add, sub, mul, div, pow, maximum, minimum, eq, ne, lt, le, gt, ge };
 enum class ReduceOp : int { sum, prod, max, min, argmax, argmin, logsumexp, any_nonfinite };
@@ -20,7 +39,8 @@ using UnaryKernel = void (*)(UnaryOp op, const Tensor& out, const Tensor& in, do
 // out = a (op) b with broadcasting; alpha scales b for add/sub.
 using BinaryKernel = void (*)(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b,
                               double alpha);
-using WhereKernel = void (*)(const Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b);
+using WhereKernel = void (*)(const Tensor& out, const Tensor& cond, const Tensor& a,
+                             const Tensor& b);
 // Copies src into dst (same shape, any strides, any dtypes).
 using CopyKernel = void (*)(const Tensor& dst, const Tensor& src);
 using FillKernel = void (*)(const Tensor& out, double value);
@@ -43,13 +63,27 @@ void reduce_kernel(ReduceOp op, const Tensor& out, const Tensor& idx, const Tens
 template <class F>
 void dispatch_dtype(DType t, const char* op, F&& f) {
   switch (t) {
-    case kF32: f.template operator()<float>(); return;
-    case kF64: f.template operator()<double>(); return;
-    case kI32: f.template operator()<int32_t>(); return;
-    case kI64: f.template operator()<int64_t>(); return;
-    case kBool: f.template operator()<bool>(); return;
-    case kBF16: f.template operator()<BFloat16>(); return;
-    case kF16: f.template operator()<Half>(); return;
+    case kF32:
+      f.template operator()<float>();
+      return;
+    case kF64:
+      f.template operator()<double>();
+      return;
+    case kI32:
+      f.template operator()<int32_t>();
+      return;
+    case kI64:
+      f.template operator()<int64_t>();
+      return;
+    case kBool:
+      f.template operator()<bool>();
+      return;
+    case kBF16:
+      f.template operator()<BFloat16>();
+      return;
+    case kF16:
+      f.template operator()<Half>();
+      return;
   }
   fail(op, ": unsupported dtype ", t);
 }
@@ -60,10 +94,11 @@ namespace coil {
 struct PhiloxDraw;
 enum class RandomKind : int { uniform, normal, randint, bernoulli };
 // Fills contiguous `out`: element i uses Philox counter draw.offset + i.
-using RandomKernel = void (*)(RandomKind kind, const Tensor& out, double a, double b,
-                              uint64_t seed, uint64_t offset);
+using RandomKernel = void (*)(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed,
+                              uint64_t offset);
 namespace cpu {
-void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed, uint64_t offset);
+void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed,
+                   uint64_t offset);
 }
 }  // namespace coil
 

@@ -16,7 +16,7 @@ inline constexpr int64_t kElemGrain = 32768;
 struct ElemLoop {
   static constexpr int kMaxOps = 4;
   int n_ops = 0;
-  Shape shape;                                     // merged dims, innermost last
+  Shape shape;                                        // merged dims, innermost last
   std::vector<std::array<int64_t, kMaxOps>> strides;  // bytes, per dim per operand
   std::array<char*, kMaxOps> base{};
   int64_t numel = 1;

@@ -8,7 +8,8 @@
 
 namespace coil::cpu {
 
-void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed, uint64_t offset) {
+void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed,
+                   uint64_t offset) {
   const int64_t n = out.numel();
   dispatch_dtype(out.dtype(), "random", [&]<class T>() {
     T* o = out.data_ptr<T>();
@@ -17,8 +18,10 @@ void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint6
         auto r = philox4x32(seed, offset + static_cast<uint64_t>(i));
         double v = 0;
         switch (kind) {
-          case RandomKind::uniform: v = a + (b - a) * uint_to_unit_f64(r[0], r[1]); break;
-          case RandomKind::normal: {  // Box-Muller on two 53-bit uniforms
+          case RandomKind::uniform:
+            v = a + (b - a) * uint_to_unit_f64(r[0], r[1]);
+            break;
+          case RandomKind::normal: {                         // Box-Muller on two 53-bit uniforms
             double u1 = 1.0 - uint_to_unit_f64(r[0], r[1]);  // (0, 1]
             double u2 = uint_to_unit_f64(r[2], r[3]);
             v = a + b * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
@@ -30,7 +33,9 @@ void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint6
             v = a + static_cast<double>(x % span);
             break;
           }
-          case RandomKind::bernoulli: v = uint_to_unit_f64(r[0], r[1]) < a ? 1.0 : 0.0; break;
+          case RandomKind::bernoulli:
+            v = uint_to_unit_f64(r[0], r[1]) < a ? 1.0 : 0.0;
+            break;
         }
         if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
           o[i] = T(static_cast<float>(v));

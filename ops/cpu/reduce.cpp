@@ -29,14 +29,19 @@ template <class T>
 void reduce_row(ReduceOp op, const T* a, int64_t r, T* out, int64_t* idx) {
   using A = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
   switch (op) {
-    case ReduceOp::sum: *out = static_cast<T>(sum_row<T, A>(a, r)); return;
+    case ReduceOp::sum:
+      *out = static_cast<T>(sum_row<T, A>(a, r));
+      return;
     case ReduceOp::prod: {
       A p = 1;
       for (int64_t i = 0; i < r; ++i) p *= static_cast<A>(a[i]);
       *out = static_cast<T>(p);
       return;
     }
-    case ReduceOp::max: case ReduceOp::min: case ReduceOp::argmax: case ReduceOp::argmin: {
+    case ReduceOp::max:
+    case ReduceOp::min:
+    case ReduceOp::argmax:
+    case ReduceOp::argmin: {
       const bool is_max = op == ReduceOp::max || op == ReduceOp::argmax;
       T best = a[0];
       int64_t bi = 0;

@@ -19,7 +19,8 @@ TEST_SUITE("autograd") {
     CHECK(x.detach().impl().storage == x.impl().storage);
     CHECK((x * 2.0).requires_grad());
     CHECK(!(x * 2.0).is_leaf());
-    ct::check_error([] { ones({2}, kI64).requires_grad_(); }, {"requires_grad_", "floating", "int64"});
+    ct::check_error([] { ones({2}, kI64).requires_grad_(); },
+                    {"requires_grad_", "floating", "int64"});
     ct::check_error([&] { (x * 2.0).backward(); }, {"backward", "scalar", "[3]"});
     ct::check_error([] { ones({1}).backward(); }, {"backward", "does not require grad"});
   }
@@ -30,7 +31,9 @@ TEST_SUITE("autograd") {
     Tensor y = (a * a + a * 3.0).sum();
     y.backward();
     std::vector<double> xv = {0.5, -1};
-    ct::check_close(x.grad(), {2 * std::exp(1.0) + 3 * std::exp(0.5), 2 * std::exp(-2.0) + 3 * std::exp(-1.0)}, 1e-12, 0);
+    ct::check_close(
+        x.grad(), {2 * std::exp(1.0) + 3 * std::exp(0.5), 2 * std::exp(-2.0) + 3 * std::exp(-1.0)},
+        1e-12, 0);
   }
 
   TEST_CASE("retain_graph, and a second backward without it is an error naming the node") {

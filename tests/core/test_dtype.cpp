@@ -8,7 +8,7 @@ using namespace coil;
 TEST_SUITE("core.dtype") {
   TEST_CASE("bf16 and f16 round to nearest even, with specials") {
     CHECK(static_cast<float>(BFloat16(1.0f)) == 1.0f);
-    CHECK(static_cast<float>(BFloat16(1.00390625f)) == 1.0f);      // halfway, even stays
+    CHECK(static_cast<float>(BFloat16(1.00390625f)) == 1.0f);       // halfway, even stays
     CHECK(static_cast<float>(BFloat16(1.01171875f)) == 1.015625f);  // halfway, rounds up to even
     CHECK(std::isnan(static_cast<float>(BFloat16(NAN))));
     CHECK(std::isinf(static_cast<float>(BFloat16(INFINITY))));

@@ -6,7 +6,8 @@ using namespace coil;
 
 TEST_SUITE("errors") {
   TEST_CASE("at least 30 different bad inputs, each named") {
-    Tensor m23 = ones({2, 3}), m34 = ones({3, 4}), v3 = ones({3}), i3 = tensor(std::vector<int64_t>{0, 1, 5});
+    Tensor m23 = ones({2, 3}), m34 = ones({3, 4}), v3 = ones({3}),
+           i3 = tensor(std::vector<int64_t>{0, 1, 5});
     struct Case {
       const char* what;
       std::function<void()> fn;
@@ -23,22 +24,46 @@ TEST_SUITE("errors") {
         {"view size", [&] { m23.view({4}); }, {"view", "[4]", "6"}},
         {"view strides", [&] { m23.t().view({6}); }, {"view", "strides", "reshape"}},
         {"bad dim", [&] { sum(m23, {3}); }, {"sum", "dim 3", "2 dims"}},
-        {"repeat dim", [&] { sum(m23, {0, -2}); }, {"sum", "repeats"}},
-        {"permute", [&] { m23.permute({1, 1}); }, {"permute", "repeats"}},
+        {"repeat dim",
+         [&] {
+           sum(m23, {0, -2});
+         },
+         {"sum", "repeats"}},
+        {"permute",
+         [&] {
+           m23.permute({1, 1});
+         },
+         {"permute", "repeats"}},
         {"select index", [&] { m23.select(0, -3); }, {"select", "index -3", "size 2"}},
         {"narrow", [&] { m23.narrow(1, 2, 2); }, {"narrow", "start 2", "size 3"}},
         {"slice step", [&] { m23.slice(1, 0, 3, -1); }, {"slice", "step", "-1"}},
-        {"expand", [&] { m23.expand({4, 3}); }, {"expand", "size 2", "[4, 3]"}},
+        {"expand",
+         [&] {
+           m23.expand({4, 3});
+         },
+         {"expand", "size 2", "[4, 3]"}},
         {"where dtype", [&] { where(m23, m23, m23); }, {"where", "bool", "float32"}},
         {"mean int", [&] { mean(i3); }, {"mean", "int64"}},
         {"empty max", [&] { max(ones({0})); }, {"max", "empty"}},
         {"item", [&] { m23.item<float>(); }, {"item", "6 elements"}},
         {"data_ptr", [&] { m23.data_ptr<int64_t>(); }, {"data_ptr", "float32", "int64"}},
-        {"requires_grad int", [&] { ones({1}, kI32).requires_grad_(); }, {"requires_grad_", "int32"}},
+        {"requires_grad int",
+         [&] { ones({1}, kI32).requires_grad_(); },
+         {"requires_grad_", "int32"}},
         {"cuda device", [&] { ones({1}, Device(kCUDA)); }, {"cuda", "CUDA"}},
         {"device parse", [&] { Device("tpu:0"); }, {"Device", "tpu:0"}},
-        {"copy shape", [&] { Tensor t = zeros({2}); t.copy_(v3); }, {"copy_", "[3]", "[2]"}},
-        {"int div", [&] { Tensor t = ones({2}, kI64); t.div_(ones({2}, kI64)); }, {"div", "float32", "int64"}},
+        {"copy shape",
+         [&] {
+           Tensor t = zeros({2});
+           t.copy_(v3);
+         },
+         {"copy_", "[3]", "[2]"}},
+        {"int div",
+         [&] {
+           Tensor t = ones({2}, kI64);
+           t.div_(ones({2}, kI64));
+         },
+         {"div", "float32", "int64"}},
         {"clamp order", [&] { clamp(v3, 2, 1); }, {"clamp", "min 2", "max 1"}},
         {"softplus beta", [&] { softplus(v3, -1); }, {"softplus", "beta", "-1"}},
         {"arange step", [&] { arange(0, 3, 0); }, {"arange", "step"}},
@@ -49,14 +74,33 @@ TEST_SUITE("errors") {
         {"index_select index", [&] { index_select(m23, 1, i3); }, {"index_select", "5", "3"}},
         {"gather dims", [&] { gather(m23, 1, ones({2}, kI64)); }, {"gather", "[2]", "[2, 3]"}},
         {"topk k", [&] { topk(v3, 4); }, {"topk", "k", "4", "3"}},
-        {"cat shapes", [&] { cat({m23, m34}, 0); }, {"cat", "[2, 3]", "[3, 4]"}},
-        {"split sizes", [&] { split(m23, Shape{1, 2}, 0); }, {"split", "[1, 2]", "2"}},
+        {"cat shapes",
+         [&] {
+           cat({m23, m34}, 0);
+         },
+         {"cat", "[2, 3]", "[3, 4]"}},
+        {"split sizes",
+         [&] {
+           split(m23, Shape{1, 2}, 0);
+         },
+         {"split", "[1, 2]", "2"}},
         {"softmax dim", [&] { softmax(m23, 2); }, {"softmax", "dim 2"}},
-        {"cross_entropy target", [&] { cross_entropy(m23, tensor(std::vector<int64_t>{0, 3})); }, {"cross_entropy", "3"}},
-        {"cross_entropy shape", [&] { cross_entropy(m23, i3); }, {"cross_entropy", "[3]", "[2, 3]"}},
+        {"cross_entropy target",
+         [&] {
+           cross_entropy(m23, tensor(std::vector<int64_t>{0, 3}));
+         },
+         {"cross_entropy", "3"}},
+        {"cross_entropy shape",
+         [&] { cross_entropy(m23, i3); },
+         {"cross_entropy", "[3]", "[2, 3]"}},
         {"rms_norm weight", [&] { rms_norm(m23, ones({2})); }, {"rms_norm", "[2]", "3"}},
         {"dropout p", [&] { dropout(m23, 1.5); }, {"dropout", "1.5"}},
-        {"anomaly op", [&] { autograd::DetectAnomalyGuard g; log(zeros({2}) - 1.0); }, {"anomaly", "log", "NaN"}},
+        {"anomaly op",
+         [&] {
+           autograd::DetectAnomalyGuard g;
+           log(zeros({2}) - 1.0);
+         },
+         {"anomaly", "log", "NaN"}},
     };
     CHECK(cases.size() >= 30);
     for (auto& c : cases) {

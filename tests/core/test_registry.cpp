@@ -45,24 +45,30 @@ TEST_SUITE("registry") {
         return;
       }
       // COIL_REGISTRY_DUMP=1 prints the missing lines in the pending file's format
-      if (std::getenv("COIL_REGISTRY_DUMP")) std::printf("PENDING %s %s\n", op.c_str(), col.c_str());
-      FAIL_CHECK("op '" << op << "' lacks column '" << col << "' and is not in registry_pending.txt");
+      if (std::getenv("COIL_REGISTRY_DUMP"))
+        std::printf("PENDING %s %s\n", op.c_str(), col.c_str());
+      FAIL_CHECK("op '" << op << "' lacks column '" << col
+                        << "' and is not in registry_pending.txt");
     };
     std::set<std::string> names;
     for (const OpInfo* op : all_ops()) {
       CAPTURE(op->name);
       names.insert(op->name);
-      CHECK_MESSAGE(!op->family.empty(), "op row '" << op->name << "' was never registered by a family");
+      CHECK_MESSAGE(!op->family.empty(),
+                    "op row '" << op->name << "' was never registered by a family");
       CHECK_MESSAGE(op->boxed, "op '" << op->name << "' has no boxed form");
-      if (!op->composite) CHECK_MESSAGE(op->has_kernel(kCPU), "op '" << op->name << "' has no CPU kernel");
+      if (!op->composite)
+        CHECK_MESSAGE(op->has_kernel(kCPU), "op '" << op->name << "' has no CPU kernel");
       if (op->differentiable && !op->gradcheck) missing(op->name, "gradcheck");
       if (!op->sharding_rule.has_value()) missing(op->name, "sharding_rule");
       if (!op->composite && !op->has_kernel(kCUDA)) missing(op->name, "cuda_kernel");
     }
     for (auto& [key, was_used] : used) {
-      CHECK_MESSAGE(names.count(key.first), "registry_pending.txt names op '" << key.first << "', which does not exist");
-      CHECK_MESSAGE(was_used, "registry_pending.txt says '" << key.first << "' lacks '" << key.second
-                                                            << "', but it has it now: delete the line");
+      CHECK_MESSAGE(names.count(key.first),
+                    "registry_pending.txt names op '" << key.first << "', which does not exist");
+      CHECK_MESSAGE(was_used, "registry_pending.txt says '"
+                                  << key.first << "' lacks '" << key.second
+                                  << "', but it has it now: delete the line");
     }
   }
 

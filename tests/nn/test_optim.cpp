@@ -56,7 +56,8 @@ TEST_SUITE("nn.optim") {
 
   TEST_CASE("param groups, clip_grad_norm_, errors") {
     Tensor a = ones({2}, kF64).requires_grad_(), b = ones({2}, kF64).requires_grad_();
-    optim::AdamW opt(std::vector<optim::ParamGroup>{{{a}, -1, 0.0}, {{b}, -1, 0.5}}, optim::AdamWOptions{});
+    optim::AdamW opt(std::vector<optim::ParamGroup>{{{a}, -1, 0.0}, {{b}, -1, 0.5}},
+                     optim::AdamWOptions{});
     (a.sum() + b.sum()).backward();
     opt.step();
     CHECK(ct::vals(a)[0] == doctest::Approx(1 - 1e-3).epsilon(1e-9));
@@ -67,6 +68,12 @@ TEST_SUITE("nn.optim") {
     CHECK(n == doctest::Approx(5));
     ct::check_close(g.grad(), {0.6, 0.8}, 1e-6, 0);
     ct::check_error([] { optim::SGD({ones({2})}); }, {"SGD", "require grad", "[2]"});
-    ct::check_error([&] { optim::AdamWOptions o; o.beta1 = 1.0; optim::AdamW({a}, o); }, {"AdamW", "betas", "1"});
+    ct::check_error(
+        [&] {
+          optim::AdamWOptions o;
+          o.beta1 = 1.0;
+          optim::AdamW({a}, o);
+        },
+        {"AdamW", "betas", "1"});
   }
 }

@@ -19,12 +19,14 @@ double ref_binary(const std::string& n, double a, double b, double alpha) {
   return a >= b;
 }
 // Reference over broadcast shapes by explicit indices.
-std::vector<double> ref_broadcast(const std::string& n, const Tensor& a, const Tensor& b, double alpha) {
+std::vector<double> ref_broadcast(const std::string& n, const Tensor& a, const Tensor& b,
+                                  double alpha) {
   Shape out = broadcast_shapes("ref", a.sizes(), b.sizes());
   std::vector<double> av = ct::vals(a), bv = ct::vals(b), r;
   for (int64_t i = 0; i < shape_numel(out); ++i) {
     Shape idx = ct::unravel(i, out);
-    r.push_back(ref_binary(n, av[ct::bcast_pos(idx, a.sizes())], bv[ct::bcast_pos(idx, b.sizes())], alpha));
+    r.push_back(
+        ref_binary(n, av[ct::bcast_pos(idx, a.sizes())], bv[ct::bcast_pos(idx, b.sizes())], alpha));
   }
   return r;
 }
@@ -33,10 +35,16 @@ std::vector<double> ref_broadcast(const std::string& n, const Tensor& a, const T
 TEST_SUITE("ops.binary") {
   TEST_CASE("forward with broadcasting, views and odd sizes matches a float64 reference") {
     manual_seed(2);
-    std::vector<std::pair<Shape, Shape>> shapes = {
-        {{}, {}}, {{7}, {7}}, {{7}, {}}, {{}, {5, 3}}, {{3, 1, 5}, {4, 1}}, {{2, 17, 33}, {33}},
-        {{2, 17, 33}, {17, 1}}, {{1, 129}, {65, 1}}};
-    for (const char* name : {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge"}) {
+    std::vector<std::pair<Shape, Shape>> shapes = {{{}, {}},
+                                                   {{7}, {7}},
+                                                   {{7}, {}},
+                                                   {{}, {5, 3}},
+                                                   {{3, 1, 5}, {4, 1}},
+                                                   {{2, 17, 33}, {33}},
+                                                   {{2, 17, 33}, {17, 1}},
+                                                   {{1, 129}, {65, 1}}};
+    for (const char* name : {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne",
+                             "lt", "le", "gt", "ge"}) {
       std::string n = name;
       for (auto& [sa, sb] : shapes) {
         for (bool nc : {false, true}) {
@@ -52,15 +60,16 @@ TEST_SUITE("ops.binary") {
           CHECK(r.dtype() == (cmp ? kBool : kF32));
           ct::check_close(r, ref, 3e-6, 3e-6, n);
           Tensor rd = op_info(n).boxed({a.to(kF64), b.to(kF64)}, {{"alpha", 2.0}})[0];
-          ct::check_close(rd, ref_broadcast(n, a.to(kF64), b.to(kF64), 2.0), 1e-14, 1e-14, n + " f64");
+          ct::check_close(rd, ref_broadcast(n, a.to(kF64), b.to(kF64), 2.0), 1e-14, 1e-14,
+                          n + " f64");
         }
       }
     }
   }
 
   TEST_CASE("type promotion follows PyTorch") {
-    Tensor f = ones({2}), d = ones({2}, kF64), i = ones({2}, kI32), l = ones({2}, kI64), b = ones({2}, kBool),
-           h = ones({2}, kBF16), hf = ones({2}, kF16);
+    Tensor f = ones({2}), d = ones({2}, kF64), i = ones({2}, kI32), l = ones({2}, kI64),
+           b = ones({2}, kBool), h = ones({2}, kBF16), hf = ones({2}, kF16);
     CHECK((f + d).dtype() == kF64);
     CHECK((i + l).dtype() == kI64);
     CHECK((i + f).dtype() == kF32);
@@ -68,13 +77,13 @@ TEST_SUITE("ops.binary") {
     CHECK((h + hf).dtype() == kF32);
     CHECK((h + h).dtype() == kBF16);
     CHECK((h + f).dtype() == kF32);
-    CHECK((f * 2.5).dtype() == kF32);   // a wrapped double does not widen f32
+    CHECK((f * 2.5).dtype() == kF32);  // a wrapped double does not widen f32
     CHECK((h * 2.5).dtype() == kBF16);
     CHECK((l * 2).dtype() == kI64);
-    CHECK((l * 2.5).dtype() == kF32);   // int tensor with a float scalar: default float
-    CHECK((i / i).dtype() == kF32);     // true division
+    CHECK((l * 2.5).dtype() == kF32);  // int tensor with a float scalar: default float
+    CHECK((i / i).dtype() == kF32);    // true division
     Tensor zd = ones({}, kF64);
-    CHECK((f + zd).dtype() == kF32);    // a 0-d tensor of the same category does not win
+    CHECK((f + zd).dtype() == kF32);              // a 0-d tensor of the same category does not win
     CHECK((l + ones({}, kF64)).dtype() == kF64);  // a 0-d tensor of a higher category does
     CHECK((ones({}, kF64) + ones({}, kF32)).dtype() == kF64);
     ct::check_close(tensor(std::vector<int64_t>{7, -7}) / 2, {3.5, -3.5}, 0, 0);
@@ -88,7 +97,8 @@ TEST_SUITE("ops.binary") {
     ct::check_close(sub(x, x, 2), {-1, -2, -3}, 0, 0);
     Tensor i = tensor(std::vector<int32_t>{3, -4});
     ct::check_close(i * i + i, {12, 12}, 0, 0);
-    ct::check_close(maximum(tensor(std::vector<float>{1, NAN}), tensor(std::vector<float>{2, 0})), {2, NAN}, 0, 0);
+    ct::check_close(maximum(tensor(std::vector<float>{1, NAN}), tensor(std::vector<float>{2, 0})),
+                    {2, NAN}, 0, 0);
   }
 
   TEST_CASE("where broadcasts all three and promotes") {
@@ -129,14 +139,17 @@ TEST_SUITE("ops.binary") {
       ct::check_gradcheck(c.fn, c.inputs);
     }
     Tensor a = ct::rnd({3, 4}, kF64).requires_grad_(), b = ct::rnd({4}, kF64).requires_grad_();
-    ct::check_gradcheck([](const TensorList& v) {
-      Tensor t = v[0] * 1.0;
-      t.mul_(v[1]);
-      t.add_(v[1], 0.5);
-      return t;
-    }, {a, b});
+    ct::check_gradcheck(
+        [](const TensorList& v) {
+          Tensor t = v[0] * 1.0;
+          t.mul_(v[1]);
+          t.add_(v[1], 0.5);
+          return t;
+        },
+        {a, b});
     // ties in maximum split the gradient
-    Tensor x = tensor(std::vector<double>{1, 2}).requires_grad_(), y = tensor(std::vector<double>{1, 3}).requires_grad_();
+    Tensor x = tensor(std::vector<double>{1, 2}).requires_grad_(),
+           y = tensor(std::vector<double>{1, 3}).requires_grad_();
     maximum(x, y).sum().backward();
     ct::check_close(x.grad(), {0.5, 0}, 0, 0);
     ct::check_close(y.grad(), {0.5, 1}, 0, 0);

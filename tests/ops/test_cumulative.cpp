@@ -29,8 +29,10 @@ TEST_SUITE("ops.cumulative") {
       for (int64_t d = -static_cast<int64_t>(s.size()); d < static_cast<int64_t>(s.size()); ++d) {
         Tensor x = ct::rnd(s, kF32, 0.5, 1.5, true);
         ct::check_close(cumsum(x, d), ref_cum(x, d, false), 1e-5, 1e-5, "cumsum");
-        ct::check_close(cumsum(x, d, true), ref_cum(x, d, false, true), 1e-5, 1e-5, "cumsum reverse");
-        if (s.back() < 100) ct::check_close(cumprod(x, d), ref_cum(x, d, true), 1e-5, 1e-6, "cumprod");
+        ct::check_close(cumsum(x, d, true), ref_cum(x, d, false, true), 1e-5, 1e-5,
+                        "cumsum reverse");
+        if (s.back() < 100)
+          ct::check_close(cumprod(x, d), ref_cum(x, d, true), 1e-5, 1e-6, "cumprod");
       }
     }
     CHECK(cumsum(tensor(std::vector<int32_t>{1, 2, 3}), 0).dtype() == kI64);

@@ -301,6 +301,29 @@ TEST_SUITE("ops.index") {
         {grad_input({3, 2}), tensor(std::vector<int64_t>{1, 1, 0, 2}), grad_input({2, 4})});
   }
 
+  TEST_CASE("boxed forms and the distributed hook") {
+    Tensor x = zeros({2, 3}, kF64);
+    Tensor idx = tensor(std::vector<int64_t>{2, 2});
+    Tensor src = ones({2, 2}, kF64);
+    Tensor y = op_info("index_add").boxed({x, idx, src}, {{"dim", int64_t{1}}, {"alpha", 2.0}})[0];
+    ct::check_close(y, {0, 0, 4, 0, 0, 4}, 0, 0, "boxed index_add");
+    ct::check_close(op_info("one_hot").boxed({idx}, {})[0], {0, 0, 1, 0, 0, 1}, 0, 0,
+                    "boxed one_hot");
+    struct FakeSpec : DistSpecBase {};
+    std::string seen;
+    set_dist_handler([&](const OpInfo& op, const TensorList& in, const Attrs&) {
+      seen = op.name;
+      return TensorList{in[0]};
+    });
+    Tensor d = ones({2, 3});
+    d.impl().dist = std::make_shared<FakeSpec>();
+    gather(d, 1, zeros({2, 1}, kI64));
+    CHECK(seen == "gather");
+    embedding(d, idx);
+    CHECK(seen == "embedding");
+    set_dist_handler(nullptr);
+  }
+
   TEST_CASE("bad inputs throw errors naming the op and the values") {
     Tensor x = zeros({3, 4});
     Tensor i64 = tensor(std::vector<int64_t>{0, 4});

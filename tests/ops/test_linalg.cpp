@@ -30,8 +30,8 @@ TEST_SUITE("ops.linalg") {
   TEST_CASE("matmul against a naive reference: shapes, broadcasting, transposed views, dtypes") {
     manual_seed(4);
     std::vector<std::pair<Shape, Shape>> cases = {
-        {{1, 1}, {1, 1}}, {{3, 5}, {5, 7}}, {{17, 33}, {33, 9}}, {{2, 3, 4}, {4, 5}}, {{4, 5}, {2, 5, 3}},
-        {{2, 1, 3, 4}, {3, 4, 2}}, {{65, 130}, {130, 67}}, {{3, 0}, {0, 4}}};
+        {{1, 1}, {1, 1}},    {{3, 5}, {5, 7}},          {{17, 33}, {33, 9}},    {{2, 3, 4}, {4, 5}},
+        {{4, 5}, {2, 5, 3}}, {{2, 1, 3, 4}, {3, 4, 2}}, {{65, 130}, {130, 67}}, {{3, 0}, {0, 4}}};
     for (auto& [sa, sb] : cases) {
       for (bool nc : {false, true}) {
         for (DType t : {kF32, kF64, kBF16, kI64}) {

@@ -6,7 +6,8 @@ using namespace coil;
 
 namespace {
 // Naive reduction over `dims` of x by explicit indices; kind: sum, mean, var, max, min, lse.
-std::vector<double> ref_reduce(const Tensor& x, Shape dims, const std::string& kind, int64_t correction = 1) {
+std::vector<double> ref_reduce(const Tensor& x, Shape dims, const std::string& kind,
+                               int64_t correction = 1) {
   const Shape& s = x.sizes();
   if (dims.empty())
     for (int64_t i = 0; i < x.dim(); ++i) dims.push_back(i);
@@ -39,7 +40,10 @@ std::vector<double> ref_reduce(const Tensor& x, Shape dims, const std::string& k
     } else if (kind == "max" || kind == "min") {
       acc = g[0];
       for (double v : g) {
-        if (std::isnan(v) || std::isnan(acc)) { acc = NAN; break; }
+        if (std::isnan(v) || std::isnan(acc)) {
+          acc = NAN;
+          break;
+        }
         acc = kind == "max" ? std::max(acc, v) : std::min(acc, v);
       }
     } else {
@@ -56,9 +60,10 @@ std::vector<double> ref_reduce(const Tensor& x, Shape dims, const std::string& k
 TEST_SUITE("ops.reduce") {
   TEST_CASE("sum, mean, var, amax, logsumexp over any dims, keepdim, views") {
     manual_seed(3);
-    std::vector<std::pair<Shape, Shape>> cases = {{{}, {}},        {{7}, {0}},         {{3, 5}, {}},
-                                                  {{3, 5}, {-1}},  {{3, 5}, {0}},      {{2, 3, 33}, {0, 2}},
-                                                  {{4, 1, 9}, {1}}, {{5, 6, 7}, {2, 0, 1}}, {{2, 70000}, {1}}};
+    std::vector<std::pair<Shape, Shape>> cases = {
+        {{}, {}},         {{7}, {0}},           {{3, 5}, {}},     {{3, 5}, {-1}},
+        {{3, 5}, {0}},    {{2, 3, 33}, {0, 2}}, {{4, 1, 9}, {1}}, {{5, 6, 7}, {2, 0, 1}},
+        {{2, 70000}, {1}}};
     for (auto& [s, d] : cases) {
       for (bool nc : {false, true}) {
         Tensor x = ct::rnd(s, kF32, -2, 2, nc);
@@ -66,14 +71,16 @@ TEST_SUITE("ops.reduce") {
         CAPTURE(shape_str(d));
         ct::check_close(sum(x, d), ref_reduce(x, d, "sum"), 1e-5, 1e-5, "sum");
         ct::check_close(mean(x, d), ref_reduce(x, d, "mean"), 1e-5, 1e-6, "mean");
-        const int64_t group = x.numel() / std::max<int64_t>(1, static_cast<int64_t>(ref_reduce(x, d, "sum").size()));
-        if (group > 1)
-          ct::check_close(var(x, d), ref_reduce(x, d, "var"), 1e-4, 1e-6, "var");
+        const int64_t group =
+            x.numel() / std::max<int64_t>(1, static_cast<int64_t>(ref_reduce(x, d, "sum").size()));
+        if (group > 1) ct::check_close(var(x, d), ref_reduce(x, d, "var"), 1e-4, 1e-6, "var");
         ct::check_close(amax(x, d), ref_reduce(x, d, "max"), 0, 0, "amax");
-        if (!d.empty()) ct::check_close(logsumexp(x, d), ref_reduce(x, d, "lse"), 1e-5, 1e-5, "logsumexp");
+        if (!d.empty())
+          ct::check_close(logsumexp(x, d), ref_reduce(x, d, "lse"), 1e-5, 1e-5, "logsumexp");
         Tensor k = sum(x, d, true);
         CHECK(k.dim() == x.dim());
-        ct::check_close(sum(x.to(kF64), d), ref_reduce(x.to(kF64), d, "sum"), 1e-12, 1e-12, "sum f64");
+        ct::check_close(sum(x.to(kF64), d), ref_reduce(x.to(kF64), d, "sum"), 1e-12, 1e-12,
+                        "sum f64");
       }
     }
     Tensor q = tensor(std::vector<double>{1, 2, 3, 4});

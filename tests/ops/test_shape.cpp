@@ -292,6 +292,33 @@ TEST_SUITE("ops.shape") {
         {gi({2, 3})});
   }
 
+  TEST_CASE("boxed forms and the distributed hook") {
+    Tensor x = tensor(std::vector<float>{1, 2, 3, 4, 5, 6}, {2, 3});
+    TensorList p = op_info("split").boxed({x}, {{"split_sizes", Shape{1, 2}}, {"dim", int64_t{1}}});
+    REQUIRE(p.size() == 2);
+    ct::check_close(p[1], {2, 3, 5, 6}, 0, 0, "boxed split");
+    TensorList r = op_info("repeat_interleave")
+                       .boxed({x, tensor(std::vector<int64_t>{0, 2})}, {{"dim", int64_t{0}}});
+    ct::check_close(r[0], {4, 5, 6, 4, 5, 6}, 0, 0, "boxed repeat_interleave");
+    ct::check_close(op_info("pad").boxed({x}, {{"pads", Shape{1, 0}}, {"value", 9.0}})[0],
+                    {9, 1, 2, 3, 9, 4, 5, 6}, 0, 0, "boxed pad");
+    struct FakeSpec : DistSpecBase {};
+    std::string seen;
+    set_dist_handler([&](const OpInfo& op, const TensorList& in, const Attrs&) {
+      seen = op.name;
+      return TensorList{in[0]};
+    });
+    Tensor d = ones({2});
+    d.impl().dist = std::make_shared<FakeSpec>();
+    cat({ones({2}), d});
+    CHECK(seen == "cat");
+    pad(d, {1, 1});
+    CHECK(seen == "pad");
+    chunk(d, 2);
+    CHECK(seen == "chunk");
+    set_dist_handler(nullptr);
+  }
+
   TEST_CASE("bad inputs throw errors naming the op and the values") {
     Tensor a = zeros({2, 3}), b = zeros({3, 3}), c = zeros({2, 3, 1});
     ct::check_error([&] { cat({a, b}, 1); }, {"cat", "tensor 1", "[3, 3]", "[2, 3]", "dim 1"});

@@ -178,6 +178,28 @@ TEST_SUITE("ops.sort") {
     ct::check_close(t.grad(), {10, 20, 40, 30}, 0, 0, "sort grad with ties");
   }
 
+  TEST_CASE("boxed forms and the distributed hook") {
+    Tensor x = tensor(std::vector<float>{3, 1, 2});
+    TensorList r = op_info("topk").boxed({x}, {{"k", int64_t{2}}, {"largest", false}});
+    ct::check_close(r[0], {1, 2}, 0, 0, "boxed topk");
+    ct::check_close(r[1], {1, 2}, 0, 0, "boxed topk indices");
+    ct::check_close(op_info("argsort").boxed({x}, {{"descending", true}})[0], {0, 2, 1}, 0, 0,
+                    "boxed argsort");
+    struct FakeSpec : DistSpecBase {};
+    std::string seen;
+    set_dist_handler([&](const OpInfo& op, const TensorList& in, const Attrs&) {
+      seen = op.name;
+      return TensorList{in[0], in[0]};
+    });
+    Tensor d = ones({2});
+    d.impl().dist = std::make_shared<FakeSpec>();
+    sort(d);
+    CHECK(seen == "sort");
+    topk(d, 1);
+    CHECK(seen == "topk");
+    set_dist_handler(nullptr);
+  }
+
   TEST_CASE("bad inputs throw errors naming the op and the values") {
     Tensor x = zeros({3, 5});
     ct::check_error([&] { topk(x, 6, 1); }, {"topk", "k 6", "dim 1", "size 5"});

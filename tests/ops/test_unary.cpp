@@ -45,8 +45,9 @@ Tensor run_unary(const std::string& name, const Tensor& x) {
 TEST_SUITE("ops.unary") {
   TEST_CASE("forward matches a float64 reference on odd shapes, views and dtypes") {
     manual_seed(1);
-    const char* names[] = {"neg", "exp", "log", "log1p", "sqrt", "rsqrt", "abs", "tanh", "sigmoid",
-                           "silu", "softplus", "gelu", "erf", "relu", "square", "reciprocal"};
+    const char* names[] = {"neg", "exp",  "log",     "log1p",     "sqrt",     "rsqrt",
+                           "abs", "tanh", "sigmoid", "silu",      "softplus", "gelu",
+                           "erf", "relu", "square",  "reciprocal"};
     for (const char* n : names) {
       std::string name = n;
       bool positive = name == "log" || name == "sqrt" || name == "rsqrt" || name == "reciprocal";
@@ -93,13 +94,16 @@ TEST_SUITE("ops.unary") {
 
   TEST_CASE("softplus threshold, pow, clamp, sign, integer inputs") {
     Tensor x = tensor(std::vector<float>{-3, -0.5, 0, 0.5, 19.9f, 20.5f, 50});
-    ct::check_close(softplus(x), {std::log1p(std::exp(-3.0)), std::log1p(std::exp(-0.5)), std::log(2.0),
-                                  std::log1p(std::exp(0.5)), std::log1p(std::exp(19.9)), 20.5, 50},
+    ct::check_close(softplus(x),
+                    {std::log1p(std::exp(-3.0)), std::log1p(std::exp(-0.5)), std::log(2.0),
+                     std::log1p(std::exp(0.5)), std::log1p(std::exp(19.9)), 20.5, 50},
                     1e-6, 1e-6, "softplus");
-    ct::check_close(softplus(x, 2.0, 10.0), {std::log1p(std::exp(-6.0)) / 2, std::log1p(std::exp(-1.0)) / 2,
-                                              std::log(2.0) / 2, std::log1p(std::exp(1.0)) / 2, 19.9, 20.5, 50},
+    ct::check_close(softplus(x, 2.0, 10.0),
+                    {std::log1p(std::exp(-6.0)) / 2, std::log1p(std::exp(-1.0)) / 2,
+                     std::log(2.0) / 2, std::log1p(std::exp(1.0)) / 2, 19.9, 20.5, 50},
                     1e-6, 1e-6, "softplus beta");
-    ct::check_close(pow(tensor(std::vector<double>{1, 2, 3}), 2.5), {1, std::pow(2, 2.5), std::pow(3, 2.5)}, 1e-12, 0);
+    ct::check_close(pow(tensor(std::vector<double>{1, 2, 3}), 2.5),
+                    {1, std::pow(2, 2.5), std::pow(3, 2.5)}, 1e-12, 0);
     ct::check_close(clamp(x, -1, 1), {-1, -0.5, 0, 0.5, 1, 1, 1}, 0, 0, "clamp");
     ct::check_close(clamp(x, std::nullopt, 0), {-3, -0.5, 0, 0, 0, 0, 0}, 0, 0, "clamp max only");
     ct::check_close(sign(x), {-1, -1, 0, 1, 1, 1, 1}, 0, 0, "sign");
@@ -116,8 +120,9 @@ TEST_SUITE("ops.unary") {
   }
 
   TEST_CASE("gradcheck of every differentiable unary op") {
-    for (const char* name : {"neg", "exp", "log", "log1p", "sqrt", "rsqrt", "abs", "tanh", "sigmoid", "silu",
-                             "softplus", "gelu", "erf", "relu", "pow_scalar", "clamp", "square", "reciprocal"}) {
+    for (const char* name :
+         {"neg", "exp", "log", "log1p", "sqrt", "rsqrt", "abs", "tanh", "sigmoid", "silu",
+          "softplus", "gelu", "erf", "relu", "pow_scalar", "clamp", "square", "reciprocal"}) {
       CAPTURE(name);
       GradcheckCase c = op_info(name).gradcheck();
       ct::check_gradcheck(c.fn, c.inputs);

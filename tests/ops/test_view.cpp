@@ -18,7 +18,8 @@ TEST_SUITE("ops.view") {
     }
     Tensor s = x.slice(2, 1, std::nullopt, 2);  // columns 1, 3
     ct::check_close(s, {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23}, 0, 0);
-    ct::check_close(x.slice(1, -2), {4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23}, 0, 0);
+    ct::check_close(x.slice(1, -2), {4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23}, 0,
+                    0);
     ct::check_close(x.select(1, -1).select(0, 1), {20, 21, 22, 23}, 0, 0);
     ct::check_close(x.narrow(2, 1, 2).select(0, 0).select(0, 0), {1, 2}, 0, 0);
     Tensor e = tensor(std::vector<float>{1, 2, 3}, {3, 1}).expand({2, 3, 4});
@@ -60,9 +61,12 @@ TEST_SUITE("ops.view") {
       ct::check_gradcheck(c.fn, c.inputs);
     }
     Tensor x = ct::rnd({3, 4, 5}, kF64).requires_grad_();
-    ct::check_gradcheck([](const TensorList& v) {
-      return v[0].transpose(0, 2).narrow(1, 1, 2).flatten(0, 1).squeeze() * v[0].select(2, 0).sum();
-    }, {x});
+    ct::check_gradcheck(
+        [](const TensorList& v) {
+          return v[0].transpose(0, 2).narrow(1, 1, 2).flatten(0, 1).squeeze() *
+                 v[0].select(2, 0).sum();
+        },
+        {x});
   }
 
   TEST_CASE("bad views are errors") {
