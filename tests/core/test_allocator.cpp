@@ -10,7 +10,7 @@ TEST_SUITE("core.allocator") {
       CHECK(memory_stats().bytes_in_use == base + 4096);
     }
     CHECK(memory_stats().bytes_in_use == base);
-    AllocatorStats before = memory_stats();
+    [[maybe_unused]] AllocatorStats before = memory_stats();
     {
       Tensor b = empty({1000});
       (void)b;
