@@ -11,12 +11,7 @@
 #include <string>
 #include <vector>
 
-// Only the headers this program needs (coil/coil.h also pulls in nn/, still being written).
-#include <coil/core/parallel.h>
-#include <coil/core/tensor.h>
-#include <coil/ops/binary.h>
-#include <coil/ops/creation.h>
-#include <coil/ops/unary.h>
+#include <coil/coil.h>
 
 #include "bench_common.h"
 

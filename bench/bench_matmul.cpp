@@ -2,13 +2,14 @@
 // directly on the same data, interleaved call by call, at 1 and 2 threads.
 //
 // Layouts (C (m x n) = op(A) (m x k) * op(B) (k x n), all row-major and contiguous in memory):
-//   nn  A (m, k),  B (k, n)                      coil::matmul(a, b)
-//   tn  A stored (k, m), passed as the view a.t()  coil::matmul(at.t(), b)   (A^T B, a weight grad)
-//   nt  B stored (n, k), passed as the view b.t()  coil::matmul(a, bt.t()), or coil::linear(x, w)
+//   nn  A (m, k), B (k, n)                          coil::matmul(a, b)
+//   tn  A stored (k, m), passed as the view a.t()   coil::matmul(a.t(), b)   (A^T B: a weight grad)
+//   nt  B stored (n, k), passed as the view b.t()   coil::matmul(a, b.t()), or coil::linear(x, w)
 // The views are not copied: ops/cpu/gemm.cpp hands them to BLAS as Trans with the view's stride.
 //
 // Then: two 1024^3 products from inside a coil parallel region (one per worker) against the
-// same two run one after the other, which shows BLAS does not oversubscribe the cores.
+// same two run one after the other (at 2 threads, and at 1 thread as the baseline), which shows
+// BLAS does not oversubscribe the cores.
 #include <cblas.h>
 #include <omp.h>
 
@@ -17,12 +18,7 @@
 #include <string>
 #include <vector>
 
-// Only the headers this program needs (coil/coil.h also pulls in nn/, still being written).
-#include <coil/core/allocator.h>
-#include <coil/core/parallel.h>
-#include <coil/core/tensor.h>
-#include <coil/ops/creation.h>
-#include <coil/ops/linalg.h>
+#include <coil/coil.h>
 
 #include "bench_common.h"
 

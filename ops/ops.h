@@ -16,3 +16,4 @@
 #include "sort.h"
 #include "unary.h"
 #include "view.h"
+#include "scan.h"

@@ -176,3 +176,53 @@ void sort_kernel(const Tensor& values, const Tensor& indices, const Tensor& scra
                  const Tensor& in, int64_t outer, int64_t n, int64_t k, bool descending);
 }  // namespace cpu
 }  // namespace coil
+
+namespace coil {
+// Depthwise causal conv, channel-last. All tensors contiguous: x, y, dy, dx (B, L, C);
+// w, dw (C, K); bias, dbias (C) or undefined; window, dwindow (B, K-1, C) or undefined (zeros).
+using CausalConvKernel = void (*)(const Tensor& y, const Tensor& x, const Tensor& w,
+                                  const Tensor& bias, const Tensor& window, bool silu);
+using CausalConvBackwardKernel = void (*)(const Tensor& dx, const Tensor& dw, const Tensor& dbias,
+                                          const Tensor& dwindow, const Tensor& dy, const Tensor& x,
+                                          const Tensor& w, const Tensor& bias,
+                                          const Tensor& window, bool silu);
+namespace cpu {
+void causal_conv_kernel(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bias,
+                        const Tensor& window, bool silu);
+void causal_conv_backward_kernel(const Tensor& dx, const Tensor& dw, const Tensor& dbias,
+                                 const Tensor& dwindow, const Tensor& dy, const Tensor& x,
+                                 const Tensor& w, const Tensor& bias, const Tensor& window,
+                                 bool silu);
+}  // namespace cpu
+}  // namespace coil
+
+namespace coil {
+// Mamba-1 selective scan (ops/scan.h has the math). Every tensor is contiguous in one compute
+// dtype (f32 or f64); optional ones are undefined. u, delta, z, y (batch, L, dim); A (dim, N);
+// B, C (batch, L, groups, N); D, delta_bias (dim); states (batch, dim, N). checkpoints
+// (batch, ceil(L / kSelectiveScanChunk), N, dim) holds the state before each chunk: the forward
+// fills it when defined, the backward recomputes each chunk's states from it (never all L).
+inline constexpr int64_t kSelectiveScanChunk = 64;
+struct SelectiveScanInputs {
+  Tensor u, delta, A, B, C, D, z, delta_bias, initial_state;
+  bool delta_softplus = false;
+};
+// Gradients the backward writes, shaped like their inputs (B, C as 4-d); undefined ones are
+// skipped. dfinal_state in the backward may be undefined (zeros).
+struct SelectiveScanGrads {
+  Tensor du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state;
+};
+using SelectiveScanKernel = void (*)(const SelectiveScanInputs& in, const Tensor& y,
+                                     const Tensor& final_state, const Tensor& checkpoints);
+using SelectiveScanBackwardKernel = void (*)(const SelectiveScanInputs& in,
+                                             const Tensor& checkpoints, const Tensor& dy,
+                                             const Tensor& dfinal_state,
+                                             const SelectiveScanGrads& grads);
+namespace cpu {
+void selective_scan_kernel(const SelectiveScanInputs& in, const Tensor& y,
+                           const Tensor& final_state, const Tensor& checkpoints);
+void selective_scan_backward_kernel(const SelectiveScanInputs& in, const Tensor& checkpoints,
+                                    const Tensor& dy, const Tensor& dfinal_state,
+                                    const SelectiveScanGrads& grads);
+}  // namespace cpu
+}  // namespace coil
