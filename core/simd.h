@@ -26,17 +26,13 @@ inline Vec vmax(Vec a, Vec b) { return a > b ? a : b; }
 inline Vec vmin(Vec a, Vec b) { return a < b ? a : b; }
 inline Vec select(VecI mask, Vec a, Vec b) { return mask ? a : b; }
 
-// exp(x) to about 1 ulp in f32: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r,
-// scale by 2^n through the exponent bits. Saturates to 0 and +inf, keeps NaN.
+// exp(x) to about 1 ulp in f32: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for
+// e^r, and 2^n added straight into the exponent bits. Results below FLT_MIN flush to zero
+// (absolute error under 1.2e-38); overflow gives +inf; NaN stays NaN.
 inline Vec exp(Vec x) {
-  const Vec hi = broadcast(88.7228391f), lo = broadcast(-103.972084f);
-  VecI nan_mask = x != x;
-  VecI over = x > hi, under = x < lo;
-  Vec xc = vmin(vmax(x, lo), hi);
-  Vec fx = xc * 1.44269504088896341f;
-  // round to nearest
-  VecI n = __builtin_convertvector(fx + select(fx >= 0, broadcast(0.5f), broadcast(-0.5f)), VecI);
-  Vec nf = __builtin_convertvector(n, Vec);
+  const Vec xc = vmin(vmax(x, broadcast(-87.3365479f)), broadcast(88.7228391f));  // n in [-126, 128]
+  const Vec round = broadcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  Vec nf = (xc * 1.44269504088896341f + round) - round;
   Vec r = xc - nf * 0.693359375f;  // ln2 split in two for exactness
   r = r - nf * -2.12194440e-4f;
   Vec p = broadcast(1.9875691500e-4f);
@@ -46,16 +42,17 @@ inline Vec exp(Vec x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   Vec y = p * (r * r) + r + 1.0f;
-  // 2^n in two steps so n down to -150 (subnormal results) stays representable
-  VecI n1 = n >> 1, n2 = n - n1;
-  Vec s1, s2;
-  VecI b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
-  std::memcpy(&s1, &b1, sizeof(s1));
-  std::memcpy(&s2, &b2, sizeof(s2));
-  y = y * s1 * s2;
-  y = select(over, broadcast(__builtin_inff()), y);
-  y = select(under, broadcast(0.0f), y);
-  return select(nan_mask, x, y);
+  VecI n = __builtin_convertvector(nf, VecI);
+  VecI top = n > 127;  // 2^128 has no exponent code: use 2^127 and double y
+  y = select(top, y + y, y);
+  n = n + top;  // top lanes are -1: n - 1
+  VecI yi;
+  std::memcpy(&yi, &y, sizeof(y));
+  yi += n << 23;
+  std::memcpy(&y, &yi, sizeof(y));
+  y = select(x > 88.7228391f, broadcast(__builtin_inff()), y);
+  y = select(x < -87.3365479f, broadcast(0.0f), y);
+  return select(x != x, x, y);
 }
 
 inline Vec sigmoid(Vec x) { return 1.0f / (1.0f + exp(-x)); }
