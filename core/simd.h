@@ -21,7 +21,8 @@ inline Vec load(const float* p) {
   return v;
 }
 inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
-inline Vec broadcast(float x) { return Vec{} + x; }
+// x - 0 (not 0 + x) lets the compiler drop the add: it keeps -0, so it is a plain broadcast
+inline Vec broadcast(float x) { return x - Vec{}; }
 inline Vec vmax(Vec a, Vec b) { return a > b ? a : b; }
 inline Vec vmin(Vec a, Vec b) { return a < b ? a : b; }
 inline Vec select(VecI mask, Vec a, Vec b) { return mask ? a : b; }

@@ -226,3 +226,36 @@ void selective_scan_backward_kernel(const SelectiveScanInputs& in, const Tensor&
                                     const SelectiveScanGrads& grads);
 }  // namespace cpu
 }  // namespace coil
+
+namespace coil {
+// Mamba-2 ssd_scan (ops/scan.h has the math). Every tensor is contiguous in one compute dtype
+// (f32 or f64); optional ones are undefined. x, z (batch, L, heads, headdim); dt (batch, L, heads);
+// A, D, dt_bias (heads); B, C (batch, L, groups, N); states (batch, heads, headdim, N).
+// chunk_size is the spacing of the state checkpoints the backward keeps per thread, capped at 64
+// steps for accuracy (results do not depend on it beyond rounding).
+struct SsdScanInputs {
+  Tensor x, dt, A, B, C, D, z, dt_bias, initial_state;
+  bool dt_softplus = false;
+  int64_t chunk_size = 256;
+};
+// Forward outputs: y (gated when z), y_pre (y before the gate, kept for the backward; may be
+// undefined), final_state (may be undefined).
+struct SsdScanForward {
+  Tensor y, y_pre, final_state;
+};
+// Backward: dy and dfinal_state (undefined: zeros) in, y_pre needed when z is defined. Every
+// gradient is shaped like its input and is written whole; undefined ones are skipped (dx, ddt,
+// dA, dB, dC are always defined).
+struct SsdScanBackward {
+  Tensor y_pre, dy, dfinal_state;
+  Tensor dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_state;
+};
+// One kernel for both directions (exactly one of fwd, bwd is non-null), so a backend registers
+// one function in the op's row.
+using SsdScanKernel = void (*)(const SsdScanInputs& in, const SsdScanForward* fwd,
+                               const SsdScanBackward* bwd);
+namespace cpu {
+void ssd_scan_kernel(const SsdScanInputs& in, const SsdScanForward* fwd,
+                     const SsdScanBackward* bwd);
+}  // namespace cpu
+}  // namespace coil

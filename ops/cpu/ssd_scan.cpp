@@ -1,0 +1,896 @@
+// CPU kernels of ssd_scan (Mamba-2's scan), forward and backward, as a per-head recurrence whose
+// state stays in L1: per step S = exp(d A) S + d x B^T (one scalar exp per head), y = S C + D x.
+// It is the same function as the chunked SSD form, but on a CPU it moves far fewer bytes.
+//
+// Memory layout. Operands are contiguous, row-major, in the compute type T (float or double):
+//   x, z, y, y_pre, dy, dx, dz: [batch][L][heads][P]      dt, ddt: [batch][L][heads]
+//   B, C, dB, dC: [batch][L][groups][N]                    A, D, dt_bias (and grads): [heads]
+//   initial/final state and their grads: [batch][heads][P][N]
+// Work is split over (batch, head) pairs. Each keeps its state in scratch padded to whole SIMD
+// vectors (padding lanes stay zero):
+//   forward  S[N][Pp], vectorised over P: y = sum_n C_n S[n][:] needs no horizontal sums;
+//   backward S, G[P][Np], vectorised over N: dC and dB are vertical sums (only dx is not).
+// d = softplus(dt + dt_bias) and the decay a = exp(d A) of all (batch, step, head) are computed
+// first, vectorised, into scratch laid out like dt.
+//
+// Scaled state. The state is held as S = scale * S' with a scalar scale, so a step is one FMA
+// per element (S' += B (X / scale)^T) instead of a multiply and an FMA; the decay goes into the
+// scalar. When scale leaves [kMinScale, 1 / kMinScale] it is folded back into S' (rare: every
+// ~27 / |d A| steps in f32), and a decay too strong for any scale is applied to S' directly.
+//
+// Backward without stored states. With l_t = d_t A the log-decay and G_t = dLoss/dS_t, two passes
+// need no past states: a forward pass recomputes S_t for dC_t = S_t^T dy_t, and a reverse pass
+// runs G_t = H_t + C_t dy_t^T, H_t = a_{t+1} G_{t+1}, for dB, dx and the initial state's
+// gradient. For l, dLoss/dl_r = G_r . (a_r S_{r-1}) telescopes to sum_{t = r}^{c} E_t, c the next
+// checkpoint, with
+//   E_t = (C_t dy_t^T) . (a_t S_{t-1}) - H_t . (B_t X_t^T)   (+ H_c . S_c at t = c).
+// The first term comes out of pass 1, the second out of pass 2, each from the state before the
+// step's own input (so their common part (C.B)(dy.X) never enters the sum). Pass 1 keeps a
+// checkpoint of S every min(chunk_size, kMaxSpacing) steps, per thread, only for H_c . S_c; the
+// sum restarts at each, which bounds its rounding (it grows with the spacing).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../../core/parallel.h"
+#include "../../core/simd.h"
+#include "kernels.h"
+
+namespace coil::cpu {
+
+namespace {
+
+// 64-byte aligned, zeroed scratch.
+template <class T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) {
+    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    COIL_CHECK(p_, "ssd_scan: out of memory for ", bytes, " bytes of scratch");
+    std::memset(p_, 0, bytes);
+  }
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_;
+};
+
+// Rows of x, y and dy are H * P apart in time, beyond what the hardware prefetchers follow: each
+// step asks for rows a few steps ahead.
+constexpr int64_t kPrefetchSteps = 6;
+template <class T>
+void prefetch_row(const T* p, int64_t n, bool write) {
+  if (!p) return;
+  const char* c = reinterpret_cast<const char*>(p);
+  const char* e = c + n * static_cast<int64_t>(sizeof(T));
+  if (write)
+    for (; c < e; c += 64) __builtin_prefetch(c, 1);
+  else
+    for (; c < e; c += 64) __builtin_prefetch(c, 0);
+}
+
+template <class T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+template <class T>
+T* mut_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Double-precision vectors for the sums that feed dA and dt (they cancel heavily).
+constexpr int WD = simd::kWidth / 2;
+typedef double VecD __attribute__((vector_size(simd::kWidth * 4)));
+typedef float HalfF __attribute__((vector_size(simd::kWidth * 2)));
+
+VecD load_d(const double* p) {
+  VecD v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+// sum_i a[i] * b[i] over n entries (n a multiple of the vector width), in double.
+double dot_d(const float* a, const float* b, int64_t n) {
+  VecD acc{};
+  for (int64_t i = 0; i < n; i += 2 * WD) {
+    HalfF a0, a1, b0, b1;
+    std::memcpy(&a0, a + i, sizeof(a0));
+    std::memcpy(&a1, a + i + WD, sizeof(a1));
+    std::memcpy(&b0, b + i, sizeof(b0));
+    std::memcpy(&b1, b + i + WD, sizeof(b1));
+    acc += __builtin_convertvector(a0, VecD) * __builtin_convertvector(b0, VecD) +
+           __builtin_convertvector(a1, VecD) * __builtin_convertvector(b1, VecD);
+  }
+  double s = 0;
+  for (int i = 0; i < WD; ++i) s += acc[i];
+  return s;
+}
+double dot_d(const double* a, const double* b, int64_t n) {
+  VecD acc{};
+  for (int64_t i = 0; i < n; i += WD) acc += load_d(a + i) * load_d(b + i);
+  double s = 0;
+  for (int i = 0; i < WD; ++i) s += acc[i];
+  return s;
+}
+
+// The same for long rows: f32 sums over blocks of 256 products, added up in double.
+double dot_blocked(const float* a, const float* b, int64_t n) {
+  typedef float V __attribute__((vector_size(simd::kWidth * 4)));
+  constexpr int64_t kBlock = 256;
+  VecD acc{};
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    V s0{}, s1{};
+    const int64_t e = std::min(n, i0 + kBlock);
+    int64_t i = i0;
+    for (; i + 2 * simd::kWidth <= e; i += 2 * simd::kWidth) {
+      s0 += simd::load(a + i) * simd::load(b + i);
+      s1 += simd::load(a + i + simd::kWidth) * simd::load(b + i + simd::kWidth);
+    }
+    for (; i < e; i += simd::kWidth) s0 += simd::load(a + i) * simd::load(b + i);
+    float lanes[simd::kWidth];
+    simd::store(lanes, s0 + s1);
+    HalfF lo, hi;
+    std::memcpy(&lo, lanes, sizeof(lo));
+    std::memcpy(&hi, lanes + WD, sizeof(hi));
+    acc += __builtin_convertvector(lo, VecD) + __builtin_convertvector(hi, VecD);
+  }
+  double s = 0;
+  for (int i = 0; i < WD; ++i) s += acc[i];
+  return s;
+}
+double dot_blocked(const double* a, const double* b, int64_t n) { return dot_d(a, b, n); }
+
+// log(x) for positive normal x, f32-accurate (Cephes' logf on SIMD vectors): softplus needs it.
+simd::Vec log_pos(simd::Vec x) {
+  using simd::Vec;
+  using simd::VecI;
+  VecI bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  VecI e = ((bits >> 23) & 0xff) - 126;  // x = m 2^e with m in [0.5, 1)
+  VecI mb = (bits & 0x007fffff) | 0x3f000000;
+  Vec m;
+  std::memcpy(&m, &mb, sizeof(m));
+  VecI small = m < 0.707106781186547524f;  // then use 2m - 1 and e - 1
+  e += small;                              // small lanes are -1
+  Vec f = simd::select(small, m + m - 1.0f, m - 1.0f);
+  Vec ef = __builtin_convertvector(e, Vec);
+  Vec z = f * f;
+  Vec y = simd::broadcast(7.0376836292e-2f);
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y += ef * -2.12194440e-4f;
+  y += -0.5f * z;
+  return f + y + ef * 0.693359375f;
+}
+
+// Row sums of W vectors at once by a shuffle butterfly: W - 1 shuffle pairs instead of W
+// horizontal sums. Input i should hold row slot[i]; lane l of the result is then the sum of row l.
+template <class T>
+struct Butterfly {
+  static constexpr int W = simd::kWidth * 4 / static_cast<int>(sizeof(T));
+  static constexpr int kLevels = __builtin_ctz(W);
+  typedef T Vec __attribute__((vector_size(simd::kWidth * 4)));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Index;
+  typedef Index Mask __attribute__((vector_size(simd::kWidth * 4)));
+  Mask lo[kLevels], hi[kLevels];
+  int slot[W];
+  Butterfly() {
+    for (int lv = 0, h = W / 2; lv < kLevels; ++lv, h /= 2)
+      for (int l = 0; l < W; ++l) {
+        lo[lv][l] = (l & h) == 0 ? l : W + l - h;
+        hi[lv][l] = (l & h) == 0 ? l + h : W + l;
+      }
+    for (int i = 0; i < W; ++i) slot[i] = i;
+    Vec v[W];
+    for (int i = 0; i < W; ++i) v[i] = static_cast<T>(i) - Vec{};
+    Vec r = reduce(v);  // lane l now holds W * (input of lane l)
+    int order[W];
+    for (int l = 0; l < W; ++l) order[l] = static_cast<int>(r[l] / W + T(0.5));
+    for (int l = 0; l < W; ++l) slot[order[l]] = l;
+  }
+  Vec reduce(Vec* v) const {  // overwrites v
+#pragma GCC unroll 8
+    for (int lv = 0; lv < kLevels; ++lv) {
+      const int count = W >> lv;
+#pragma GCC unroll 16
+      for (int i = 0; i < count / 2; ++i)
+        v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo[lv]) +
+               __builtin_shuffle(v[2 * i], v[2 * i + 1], hi[lv]);
+    }
+    return v[0];
+  }
+  static const Butterfly& get() {
+    static const Butterfly b;
+    return b;
+  }
+};
+
+template <class T>
+struct Ssd {
+  static constexpr int W = simd::kWidth * 4 / static_cast<int>(sizeof(T));
+  typedef T Vec __attribute__((vector_size(simd::kWidth * 4)));
+  static constexpr int kSlabP = 4;   // forward: P-vectors held in registers per pass over N
+  static constexpr int kSlabN1 = 8;  // backward pass 1: N-vectors in registers per pass over P
+  static constexpr int kSlabN2 = 4;  // backward pass 2
+  // Inputs divided by scale stay far from overflow: |S'| <= |S| / kMinScale.
+  static constexpr T kMinScale = sizeof(T) == 4 ? T(0x1p-40) : T(0x1p-300);
+  // Checkpoints at most this far apart: the rounding of the telescoped sums for dt and A grows
+  // with the distance to the next one (64 keeps f32 gradients of A within ~5e-6 of float64).
+  static constexpr int64_t kMaxSpacing = 64;
+
+  static Vec load(const T* p) {
+    Vec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(T* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
+  static Vec bcast(T v) { return v - Vec{}; }  // v + 0 would not fold (-0); this is a broadcast
+  static T hsum(Vec v) {
+    T s = 0;
+    for (int i = 0; i < W; ++i) s += v[i];
+    return s;
+  }
+  static T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+  // out[i] = silu(z[i]) or its derivative over n entries, vectorised in f32.
+  static void silu_row(const T* z, T* out, int64_t n) {
+    int64_t i = 0;
+    if constexpr (sizeof(T) == 4)
+      for (; i + W <= n; i += W) simd::store(out + i, simd::silu(simd::load(z + i)));
+    for (; i < n; ++i) out[i] = z[i] * sigmoid(z[i]);
+  }
+  static void dsilu_row(const T* z, T* out, int64_t n) {
+    int64_t i = 0;
+    if constexpr (sizeof(T) == 4)
+      for (; i + W <= n; i += W) {
+        const simd::Vec v = simd::load(z + i), sg = simd::sigmoid(v);
+        simd::store(out + i, sg * (1.0f + v * (1.0f - sg)));
+      }
+    for (; i < n; ++i) {
+      const T sg = sigmoid(z[i]);
+      out[i] = sg * (T(1) + z[i] * (T(1) - sg));
+    }
+  }
+  static int64_t round_up(int64_t n) { return (n + W - 1) / W * W; }
+
+  // One decay step of a scaled state: S' is multiplied by the returned factor (1 but rarely) and
+  // scale becomes the new scale, so that scale * S' = a * (old scale * old S').
+  static T rescale(T& scale, T a) {
+    T next = scale * a;
+    if (next >= kMinScale && next <= T(1) / kMinScale) {
+      scale = next;
+      return T(1);
+    }
+    T fold = scale;  // fold the old scale into S'
+    if (a >= kMinScale && a <= T(1) / kMinScale) {
+      scale = a;
+      return fold;
+    }
+    scale = 1;  // a decay too strong (or inf/nan) for any scale: apply it to S'
+    return fold * a;
+  }
+
+  // ---- geometry and operands ----
+  int64_t batch, L, H, P, G, N, hpg, Q, Pp, Np;
+  const T *x, *dt, *A, *Bm, *Cm, *D, *z, *bias, *init;
+  bool softplus;
+  const T *d_all = nullptr, *dd_all = nullptr, *a_all = nullptr;  // from deltas()
+
+  explicit Ssd(const SsdScanInputs& in) {
+    batch = in.x.size(0);
+    L = in.x.size(1);
+    H = in.x.size(2);
+    P = in.x.size(3);
+    G = in.B.size(2);
+    N = in.B.size(3);
+    hpg = G > 0 ? H / G : 1;
+    Q = std::clamp<int64_t>(in.chunk_size, 1, kMaxSpacing);
+    Pp = round_up(P);
+    Np = round_up(N);
+    x = in.x.data_ptr<T>();
+    dt = in.dt.data_ptr<T>();
+    A = in.A.data_ptr<T>();
+    Bm = in.B.data_ptr<T>();
+    Cm = in.C.data_ptr<T>();
+    D = ptr_or_null<T>(in.D);
+    z = ptr_or_null<T>(in.z);
+    bias = ptr_or_null<T>(in.dt_bias);
+    init = ptr_or_null<T>(in.initial_state);
+    softplus = in.dt_softplus;
+  }
+
+  int64_t xrow(int64_t b, int64_t t, int64_t h) const { return ((b * L + t) * H + h) * P; }
+  int64_t bcrow(int64_t b, int64_t t, int64_t g) const { return ((b * L + t) * G + g) * N; }
+  int64_t srow(int64_t b, int64_t h) const { return (b * H + h) * P * N; }
+  // Per-step scalars of one head, computed ahead in their own loop so that no exp, log or
+  // division sits on the path from one step's state update to the next.
+  struct Schedule {
+    std::vector<T> d, dd, a, m, scale, in_scale;  // in_scale = d / scale
+    explicit Schedule(int64_t L) : d(L), dd(L), a(L), m(L), scale(L), in_scale(L) {}
+  };
+  // d, its derivative and the decay exp(d A) of every (batch, step, head) into d, dd, a laid out
+  // like dt; vectorised in f32 (softplus = log1p(exp(v)) through a vector log).
+  void deltas(T* d, T* dd, T* a) const {
+    parallel_for(0, batch * L * H, 2048, [&](int64_t i0, int64_t i1) {
+      int64_t i = i0, h = i0 % H;
+      if constexpr (sizeof(T) == 4) {
+        using simd::Vec;
+        constexpr int V = simd::kWidth;
+        float vb[V], va[V];
+        for (; i + V <= i1; i += V) {
+          for (int l = 0; l < V; ++l) {
+            vb[l] = bias ? bias[h] : 0.0f;
+            va[l] = A[h];
+            h = h + 1 == H ? 0 : h + 1;
+          }
+          const Vec v = simd::load(dt + i) + simd::load(vb);
+          Vec dv = v, ddv = simd::broadcast(1.0f);
+          if (softplus) {
+            const Vec e = simd::exp(v), u = 1.0f + e;
+            // log1p(e) = log(u) e / (u - 1) keeps the low bits of e that 1 + e drops
+            const Vec lp = simd::select(u == 1.0f, e, log_pos(u) * e / (u - 1.0f));
+            const simd::VecI big = v > 20.0f;
+            dv = simd::select(big, v, lp);
+            ddv = simd::select(big, ddv, e / u);
+          }
+          simd::store(d + i, dv);
+          simd::store(dd + i, ddv);
+          simd::store(a + i, simd::exp(dv * simd::load(va)));
+        }
+      }
+      for (; i < i1; ++i) {
+        T v = dt[i] + (bias ? bias[h] : T(0)), dv = v, ddv = 1;
+        if (softplus && v <= T(20)) {
+          const T e = std::exp(v);
+          dv = std::log1p(e);
+          ddv = e / (T(1) + e);
+        }
+        d[i] = dv;
+        dd[i] = ddv;
+        a[i] = std::exp(dv * A[h]);
+        h = h + 1 == H ? 0 : h + 1;
+      }
+    });
+  }
+
+  // Gathers one head's steps from deltas() and tracks its scale.
+  void schedule(int64_t b, int64_t h, Schedule& s) const {
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t i = (b * L + t) * H + h;
+      s.d[t] = d_all[i];
+      s.dd[t] = dd_all[i];
+      s.a[t] = a_all[i];
+    }
+    T scale = 1;
+    for (int64_t t = 0; t < L; ++t) {
+      s.m[t] = rescale(scale, s.a[t]);
+      s.scale[t] = scale;
+    }
+    for (int64_t t = 0; t < L; ++t) s.in_scale[t] = s.d[t] / s.scale[t];
+  }
+
+  // ---- forward ----
+  // K P-vectors of S'[N][Pp] (from column s), one step: S' = m S' + B X^T, acc = S'^T C.
+  template <int K, bool kMul>
+  static void fwd_slab(T* s, int64_t Pp, int64_t N, const T* Bt, const T* Ct, T m, const T* xs,
+                       T* ys) {
+    Vec X[K], acc[K];
+    for (int k = 0; k < K; ++k) {
+      X[k] = load(xs + k * W);
+      acc[k] = Vec{};
+    }
+    const Vec mv = bcast(m);
+    for (int64_t n = 0; n < N; ++n) {
+      const Vec bn = bcast(Bt[n]), cn = bcast(Ct[n]);
+      T* row = s + n * Pp;
+      for (int k = 0; k < K; ++k) {
+        Vec v = kMul ? load(row + k * W) * mv + bn * X[k] : load(row + k * W) + bn * X[k];
+        store(row + k * W, v);
+        acc[k] += cn * v;
+      }
+    }
+    for (int k = 0; k < K; ++k) store(ys + k * W, acc[k]);
+  }
+
+  template <bool kMul>
+  void fwd_step(T* S, const T* Bt, const T* Ct, T m, const T* xs, T* ys) const {
+    const int64_t nv = Pp / W;
+    for (int64_t j = 0; j < nv; j += kSlabP) {
+      T* s = S + j * W;
+      const T* xj = xs + j * W;
+      T* yj = ys + j * W;
+      switch (std::min<int64_t>(kSlabP, nv - j)) {
+        case 1:
+          fwd_slab<1, kMul>(s, Pp, N, Bt, Ct, m, xj, yj);
+          break;
+        case 2:
+          fwd_slab<2, kMul>(s, Pp, N, Bt, Ct, m, xj, yj);
+          break;
+        case 3:
+          fwd_slab<3, kMul>(s, Pp, N, Bt, Ct, m, xj, yj);
+          break;
+        default:
+          fwd_slab<4, kMul>(s, Pp, N, Bt, Ct, m, xj, yj);
+          break;
+      }
+    }
+  }
+
+  // scratch: S' [N * Pp], xs, ys, gate [Pp]
+  void forward_head(int64_t b, int64_t h, Schedule& sc, T* S, T* xs, T* ys, T* gate, T* y, T* y_pre,
+                    T* fin) const {
+    const int64_t g = h / hpg;
+    const T Dh = D ? D[h] : T(0);
+    schedule(b, h, sc);
+    std::fill(S, S + N * Pp, T(0));
+    std::fill(xs, xs + Pp, T(0));
+    if (init)
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t n = 0; n < N; ++n) S[n * Pp + p] = init[srow(b, h) + p * N + n];
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
+      if (t + kPrefetchSteps < L) {
+        const int64_t ra = xrow(b, t + kPrefetchSteps, h);
+        prefetch_row(x + ra, P, false);
+        prefetch_row(z ? z + ra : nullptr, P, false);
+        prefetch_row(y + ra, P, true);
+        prefetch_row(y_pre ? y_pre + ra : nullptr, P, true);
+      }
+      const T* xt = x + r;
+      const T in_scale = sc.in_scale[t], scale = sc.scale[t], m = sc.m[t];
+      for (int64_t p = 0; p < P; ++p) xs[p] = in_scale * xt[p];
+      if (m == T(1))
+        fwd_step<false>(S, Bm + rb, Cm + rb, m, xs, ys);
+      else
+        fwd_step<true>(S, Bm + rb, Cm + rb, m, xs, ys);
+      T* yt = y_pre ? y_pre + r : y + r;
+      for (int64_t p = 0; p < P; ++p) yt[p] = scale * ys[p] + Dh * xt[p];
+      if (z) {
+        silu_row(z + r, gate, P);
+        for (int64_t p = 0; p < P; ++p) y[r + p] = yt[p] * gate[p];
+      } else if (y_pre) {
+        std::memcpy(y + r, yt, P * sizeof(T));
+      }
+    }
+    if (fin) {
+      const T scale = L > 0 ? sc.scale[L - 1] : T(1);
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t n = 0; n < N; ++n) fin[srow(b, h) + p * N + n] = scale * S[n * Pp + p];
+    }
+  }
+
+  // ---- backward ----
+  // Pass 1 on K N-vectors of S'[P][Np] (from column s): S' = m S' + X B^T, and dC' = (m S')^T dy
+  // from the decayed state before the input (the input's part is added per n).
+  template <int K, bool kMul>
+  static void bwd1_slab(T* s, int64_t Np, int64_t P, const T* bp, T m, const T* xs, const T* gy,
+                        T* dcp) {
+    Vec bv[K], acc[K];
+    for (int k = 0; k < K; ++k) {
+      bv[k] = load(bp + k * W);
+      acc[k] = Vec{};
+    }
+    const Vec mv = bcast(m);
+    for (int64_t p = 0; p < P; ++p) {
+      const Vec xp = bcast(xs[p]), gp = bcast(gy[p]);
+      T* row = s + p * Np;
+      for (int k = 0; k < K; ++k) {
+        const Vec old = kMul ? load(row + k * W) * mv : load(row + k * W);
+        store(row + k * W, old + xp * bv[k]);
+        acc[k] += gp * old;
+      }
+    }
+    for (int k = 0; k < K; ++k) store(dcp + k * W, acc[k]);
+  }
+
+  // Pass 2 on K N-vectors of G'[P][Np]: G' = m G' + gy C^T. From H' = m G' before the output's
+  // part (added per n and p later): dB' = H'^T X, w[p] (+)= lanes of H' B (row sums later).
+  template <int K, bool kMul>
+  static void bwd2_slab(T* gs, int64_t Np, int64_t P, const T* bp, const T* cp, T m, const T* xs,
+                        const T* gy, T* dbp, T* w, bool first) {
+    Vec bv[K], cv[K], acc[K];
+    for (int k = 0; k < K; ++k) {
+      bv[k] = load(bp + k * W);
+      cv[k] = load(cp + k * W);
+      acc[k] = Vec{};
+    }
+    const Vec mv = bcast(m);
+    for (int64_t p = 0; p < P; ++p) {
+      const Vec xp = bcast(xs[p]), gp = bcast(gy[p]);
+      T* row = gs + p * Np;
+      Vec w0{}, w1{};
+      for (int k = 0; k < K; ++k) {
+        const Vec old = kMul ? load(row + k * W) * mv : load(row + k * W);
+        store(row + k * W, old + gp * cv[k]);
+        acc[k] += xp * old;
+        if (k % 2 == 0)
+          w0 += old * bv[k];
+        else
+          w1 += old * bv[k];
+      }
+      Vec wp = w0 + w1;
+      store(w + p * W, first ? wp : load(w + p * W) + wp);
+    }
+    for (int k = 0; k < K; ++k) store(dbp + k * W, acc[k]);
+  }
+
+  template <int Pass, bool kMul>
+  void bwd_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
+                T* w) const {
+    constexpr int kSlab = Pass == 1 ? kSlabN1 : kSlabN2;
+    const int64_t nv = Np / W;
+    for (int64_t j = 0; j < nv; j += kSlab) {
+      T* s = state + j * W;
+      const T* bj = bp + j * W;
+      const T* cj = cp + j * W;
+      T* oj = out + j * W;
+      const bool first = j == 0;
+      switch (std::min<int64_t>(kSlab, nv - j)) {
+#define COIL_SSD_SLAB(K)                                               \
+  case K:                                                              \
+    if constexpr (K <= kSlab) {                                        \
+      if constexpr (Pass == 1)                                         \
+        bwd1_slab<K, kMul>(s, Np, P, bj, m, xs, gy, oj);               \
+      else                                                             \
+        bwd2_slab<K, kMul>(s, Np, P, bj, cj, m, xs, gy, oj, w, first); \
+    }                                                                  \
+    break;
+        COIL_SSD_SLAB(1)
+        COIL_SSD_SLAB(2)
+        COIL_SSD_SLAB(3)
+        COIL_SSD_SLAB(4)
+        COIL_SSD_SLAB(5)
+        COIL_SSD_SLAB(6)
+        COIL_SSD_SLAB(7)
+        COIL_SSD_SLAB(8)
+#undef COIL_SSD_SLAB
+      }
+    }
+  }
+  template <int Pass>
+  void bwd_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
+                T* w) const {
+    if (m == T(1))
+      bwd_step<Pass, false>(state, bp, cp, m, xs, gy, out, w);
+    else
+      bwd_step<Pass, true>(state, bp, cp, m, xs, gy, out, w);
+  }
+
+  // A row of n values readable as np (a whole number of vectors): in place when n == np, else
+  // copied into buf, whose tail stays zero.
+  static const T* padded(const T* src, T* buf, int64_t n, int64_t np) {
+    if (n == np) return src;
+    std::memcpy(buf, src, n * sizeof(T));
+    return buf;
+  }
+  // sum_i a[i] b[i] over n entries (a whole number of vectors): f32 products summed a few per
+  // lane, then the lanes in double.
+  static double dot_n(const T* a, const T* b, int64_t n) {
+    if constexpr (sizeof(T) == 4) {
+      Vec s0{}, s1{};
+      int64_t i = 0;
+      for (; i + 2 * W <= n; i += 2 * W) {
+        s0 += load(a + i) * load(b + i);
+        s1 += load(a + i + W) * load(b + i + W);
+      }
+      if (i < n) s0 += load(a + i) * load(b + i);
+      float lanes[W];
+      store(lanes, s0 + s1);
+      HalfF lo, hi;
+      std::memcpy(&lo, lanes, sizeof(lo));
+      std::memcpy(&hi, lanes + WD, sizeof(hi));
+      VecD d = __builtin_convertvector(lo, VecD) + __builtin_convertvector(hi, VecD);
+      double r = 0;
+      for (int l = 0; l < WD; ++l) r += d[l];
+      return r;
+    } else {
+      return dot_d(a, b, n);
+    }
+  }
+
+  // sum_p a[p] b[p] over the padded rows.
+  T dot_t(const T* a, const T* b) const {
+    Vec acc{};
+    for (int64_t p = 0; p < Pp; p += W) acc += load(a + p) * load(b + p);
+    return hsum(acc);
+  }
+
+  // u[p] = sum of the W lanes of w[p] for the padded rows (w rows past P are zero).
+  void row_sums(const T* w, T* u) const {
+    const Butterfly<T>& bf = Butterfly<T>::get();
+    for (int64_t p0 = 0; p0 < Pp; p0 += W) {
+      Vec v[W];
+#pragma GCC unroll 16
+      for (int i = 0; i < W; ++i) v[i] = load(w + (p0 + bf.slot[i]) * W);
+      store(u + p0, bf.reduce(v));
+    }
+  }
+
+  // Per-thread scratch of the backward; rows padded to Pp / Np stay zero past P / N.
+  struct BwdScratch {
+    Scratch<T> S, Gs, ckpt, bp, cp, out, w, gy, xs, xr, u, dxr, gate;
+    Schedule sched;
+    std::vector<T> gm, gscale, inv_gscale, ck_scale;  // reverse schedule of G = gscale * G'
+    std::vector<double> E;
+    explicit BwdScratch(const Ssd& k)
+        : S(k.P * k.Np),
+          Gs(k.P * k.Np),
+          ckpt(((k.L + k.Q - 1) / k.Q) * k.P * k.Np),
+          bp(k.Np),
+          cp(k.Np),
+          out(k.Np),
+          w(k.Pp * W),
+          gy(k.Pp),
+          xs(k.Pp),
+          xr(k.Pp),
+          u(k.Pp),
+          dxr(k.Pp),
+          gate(k.Pp),
+          sched(k.L),
+          gm(k.L),
+          gscale(k.L),
+          inv_gscale(k.L),
+          ck_scale((k.L + k.Q - 1) / k.Q),
+          E(k.L) {}
+  };
+
+  struct BwdOut {
+    T *dx, *ddt, *dB, *dC, *dz, *dinit;  // dB, dC: this slot's accumulator
+    const T *y_pre, *dy, *dfin;
+    double *dA, *dD, *dbias;  // per (batch, head) partial sums
+  };
+
+  bool chunk_end(int64_t t) const { return (t + 1) % Q == 0 || t == L - 1; }
+  // gy = s * dy before the gate (gate = silu(z) when z).
+  void gate_grad(int64_t r, const T* dy, T s, T* gate, T* gy) const {
+    if (z) {
+      silu_row(z + r, gate, P);
+      for (int64_t p = 0; p < P; ++p) gy[p] = s * dy[r + p] * gate[p];
+    } else {
+      for (int64_t p = 0; p < P; ++p) gy[p] = s * dy[r + p];
+    }
+  }
+
+  void backward_head(int64_t b, int64_t h, BwdScratch& sc, const BwdOut& o) const {
+    const int64_t g = h / hpg;
+    const T Ah = A[h], Dh = D ? D[h] : T(0);
+    T *S = sc.S.get(), *Gs = sc.Gs.get(), *bp = sc.bp.get(), *cp = sc.cp.get();
+    T *out = sc.out.get(), *w = sc.w.get(), *gy = sc.gy.get(), *xs = sc.xs.get();
+    T *xr = sc.xr.get(), *u = sc.u.get(), *dxr = sc.dxr.get(), *gate = sc.gate.get();
+    T* ckpt = sc.ckpt.get();
+    const int64_t state = P * Np;
+
+    // Pass 1 (forward in time): states, dC, the C . dC part of E, checkpoints.
+    std::fill(S, S + state, T(0));
+    if (init)
+      for (int64_t p = 0; p < P; ++p)
+        std::memcpy(S + p * Np, init + srow(b, h) + p * N, N * sizeof(T));
+    const Schedule& sd = sc.sched;
+    schedule(b, h, sc.sched);
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
+      if (t + kPrefetchSteps < L) {
+        const int64_t ra = xrow(b, t + kPrefetchSteps, h);
+        prefetch_row(x + ra, P, false);
+        prefetch_row(o.dy + ra, P, false);
+        prefetch_row(z ? z + ra : nullptr, P, false);
+      }
+      const T m = sd.m[t], scale = sd.scale[t], in_scale = sd.in_scale[t];
+      const T* xt = x + r;
+      for (int64_t p = 0; p < P; ++p) xs[p] = in_scale * xt[p];
+      gate_grad(r, o.dy, T(1), gate, gy);
+      const T* bt = padded(Bm + rb, bp, N, Np);
+      const T* ct = padded(Cm + rb, cp, N, Np);
+      bwd_step<1>(S, bt, ct, m, xs, gy, out, w);
+      // dC = S_t^T dy = (a S_{t-1})^T dy + B (X . dy); E gets (C dy^T) . (a S_{t-1})
+      const T xdy = scale * dot_t(xs, gy);
+      T* dC = o.dC + rb;
+      for (int64_t n = 0; n < N; ++n) dC[n] += scale * out[n] + bt[n] * xdy;
+      sc.E[t] = scale * dot_d(ct, out, Np);
+      if (chunk_end(t)) {
+        std::memcpy(ckpt + (t / Q) * state, S, state * sizeof(T));
+        sc.ck_scale[t / Q] = scale;
+      }
+    }
+
+    // Pass 2 (reverse): G, dB, dx, dz, and the sums for dt, A, D, dt_bias.
+    std::fill(Gs, Gs + state, T(0));
+    if (o.dfin)
+      for (int64_t p = 0; p < P; ++p)
+        std::memcpy(Gs + p * Np, o.dfin + srow(b, h) + p * N, N * sizeof(T));
+    {
+      T gs = 1, an = 1;  // G_{t+1} = gs * G'; an = a_{t+1}
+      for (int64_t t = L - 1; t >= 0; --t) {
+        sc.gm[t] = rescale(gs, an);  // the gradient entering S_t is gs * m * G'
+        sc.gscale[t] = gs;
+        an = sd.a[t];
+      }
+      for (int64_t t = 0; t < L; ++t) sc.inv_gscale[t] = T(1) / sc.gscale[t];
+    }
+    double run = 0, dA = 0, dD = 0, dbias = 0;
+    for (int64_t t = L - 1; t >= 0; --t) {
+      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
+      if (t >= kPrefetchSteps) {
+        const int64_t ra = xrow(b, t - kPrefetchSteps, h);
+        prefetch_row(x + ra, P, false);
+        prefetch_row(o.dy + ra, P, false);
+        prefetch_row(o.dx + ra, P, true);
+        prefetch_row(z ? z + ra : nullptr, P, false);
+        prefetch_row(o.y_pre ? o.y_pre + ra : nullptr, P, false);
+        prefetch_row(o.dz ? o.dz + ra : nullptr, P, true);
+      }
+      const T d = sd.d[t], m = sc.gm[t], gscale = sc.gscale[t];
+      if (chunk_end(t)) {
+        const double hs = dot_blocked(Gs, ckpt + (t / Q) * state, state);
+        sc.E[t] += static_cast<double>(gscale) * m * sc.ck_scale[t / Q] * hs;
+        run = 0;
+      }
+      const T* xv = padded(x + r, xr, P, Pp);
+      for (int64_t p = 0; p < P; ++p) xs[p] = d * xv[p];
+      gate_grad(r, o.dy, sc.inv_gscale[t], gate, gy);
+      const T* bt = padded(Bm + rb, bp, N, Np);
+      const T* ct = padded(Cm + rb, cp, N, Np);
+      bwd_step<2>(Gs, bt, ct, m, xs, gy, out, w);
+      // G_t = H_t + C dy^T: dB = H^T X + C (dy . X); u = H B + dy (C . B); E loses H . (B X^T)
+      const T gx = gscale * dot_t(gy, xs);
+      T* dB = o.dB + rb;
+      for (int64_t n = 0; n < N; ++n) dB[n] += gscale * out[n] + ct[n] * gx;
+      const double hbx = gscale * dot_d(bt, out, Np);
+      row_sums(w, u);
+      const T cb = static_cast<T>(dot_n(ct, bt, Np));
+      for (int64_t p = 0; p < P; ++p) u[p] += gy[p] * cb;
+      // dx = d u + D dy; q = x . u (also sums for D), over padded rows
+      const Vec du = bcast(d * gscale), dD_v = bcast(Dh * gscale);
+      Vec qv{}, dDv{};
+      T* dxt = P == Pp ? o.dx + r : dxr;
+      for (int64_t p = 0; p < Pp; p += W) {
+        const Vec uv = load(u + p), gv = load(gy + p), xp = load(xv + p);
+        store(dxt + p, du * uv + dD_v * gv);
+        qv += xp * uv;
+        dDv += xp * gv;
+      }
+      if (dxt != o.dx + r) std::memcpy(o.dx + r, dxr, P * sizeof(T));
+      const double q = static_cast<double>(gscale) * hsum(qv);
+      dD += static_cast<double>(gscale) * hsum(dDv);
+      if (o.dz) {
+        dsilu_row(z + r, gate, P);
+        for (int64_t p = 0; p < P; ++p) o.dz[r + p] = o.dy[r + p] * o.y_pre[r + p] * gate[p];
+      }
+      run += sc.E[t] - hbx;
+      const double ddelta = Ah * run + q;
+      dA += d * run;
+      const double draw = ddelta * sd.dd[t];
+      o.ddt[(b * L + t) * H + h] = static_cast<T>(draw);
+      dbias += draw;
+    }
+    if (o.dinit) {
+      const T f = L > 0 ? sd.a[0] * sc.gscale[0] : T(1);
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t n = 0; n < N; ++n) o.dinit[srow(b, h) + p * N + n] = f * Gs[p * Np + n];
+    }
+    o.dA[b * H + h] = dA;
+    o.dD[b * H + h] = dD;
+    o.dbias[b * H + h] = dbias;
+  }
+};
+
+// d, its derivative and exp(d A) for every (batch, step, head), shared by all heads' loops.
+template <class T>
+struct Deltas {
+  Scratch<T> d, dd, a;
+  explicit Deltas(Ssd<T>& k)
+      : d(k.batch * k.L * k.H), dd(k.batch * k.L * k.H), a(k.batch * k.L * k.H) {
+    k.deltas(d.get(), dd.get(), a.get());
+    k.d_all = d.get();
+    k.dd_all = dd.get();
+    k.a_all = a.get();
+  }
+};
+
+template <class T>
+void run_forward(const SsdScanInputs& in, const SsdScanForward& f) {
+  Ssd<T> k(in);
+  const Deltas<T> deltas(k);
+  T* y = f.y.data_ptr<T>();
+  T* y_pre = mut_or_null<T>(f.y_pre);
+  T* fin = mut_or_null<T>(f.final_state);
+  parallel_for(0, k.batch * k.H, 1, [&](int64_t i0, int64_t i1) {
+    Scratch<T> S(k.N * k.Pp), xs(k.Pp), ys(k.Pp), gate(k.Pp);
+    typename Ssd<T>::Schedule sc(k.L);
+    for (int64_t i = i0; i < i1; ++i)
+      k.forward_head(i / k.H, i % k.H, sc, S.get(), xs.get(), ys.get(), gate.get(), y, y_pre, fin);
+  });
+}
+
+template <class T>
+void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
+  Ssd<T> k(in);
+  const Deltas<T> deltas(k);
+  const int64_t pairs = k.batch * k.H;
+  const int64_t bc = k.batch * k.L * k.G * k.N;
+  // dB, dC sum over the heads of a group: with several heads per group each slot (one per
+  // thread) accumulates into its own buffer, reduced at the end; otherwise heads own their rows.
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), pairs));
+  const bool shared = k.hpg > 1 && slots > 1;
+  T* dB = bw.dB.data_ptr<T>();
+  T* dC = bw.dC.data_ptr<T>();
+  std::fill(dB, dB + bc, T(0));
+  std::fill(dC, dC + bc, T(0));
+  Scratch<T> extra(shared ? (slots - 1) * 2 * bc : 0);
+  std::vector<double> dA(pairs), dD(pairs), dbias(pairs);
+  parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
+    typename Ssd<T>::BwdScratch sc(k);
+    for (int64_t s = s0; s < s1; ++s) {
+      typename Ssd<T>::BwdOut o;
+      o.dx = bw.dx.data_ptr<T>();
+      o.ddt = bw.ddt.data_ptr<T>();
+      o.dB = shared && s > 0 ? extra.get() + (s - 1) * 2 * bc : dB;
+      o.dC = shared && s > 0 ? extra.get() + (s - 1) * 2 * bc + bc : dC;
+      o.dz = mut_or_null<T>(bw.dz);
+      o.dinit = mut_or_null<T>(bw.dinitial_state);
+      o.y_pre = ptr_or_null<T>(bw.y_pre);
+      o.dy = bw.dy.data_ptr<T>();
+      o.dfin = ptr_or_null<T>(bw.dfinal_state);
+      o.dA = dA.data();
+      o.dD = dD.data();
+      o.dbias = dbias.data();
+      for (int64_t i = s; i < pairs; i += slots) k.backward_head(i / k.H, i % k.H, sc, o);
+    }
+  });
+  if (shared) {
+    const T* ex = extra.get();
+    parallel_for(0, bc, 4096, [&](int64_t e0, int64_t e1) {
+      for (int64_t s = 1; s < slots; ++s) {
+        const T* pb = ex + (s - 1) * 2 * bc;
+        for (int64_t e = e0; e < e1; ++e) {
+          dB[e] += pb[e];
+          dC[e] += pb[bc + e];
+        }
+      }
+    });
+  }
+  // Per-head sums over the batch, in a fixed order.
+  T* gA = bw.dA.data_ptr<T>();
+  T* gD = mut_or_null<T>(bw.dD);
+  T* gbias = mut_or_null<T>(bw.ddt_bias);
+  for (int64_t h = 0; h < k.H; ++h) {
+    double sa = 0, sd = 0, sb = 0;
+    for (int64_t b = 0; b < k.batch; ++b) {
+      sa += dA[b * k.H + h];
+      sd += dD[b * k.H + h];
+      sb += dbias[b * k.H + h];
+    }
+    gA[h] = static_cast<T>(sa);
+    if (gD) gD[h] = static_cast<T>(sd);
+    if (gbias) gbias[h] = static_cast<T>(sb);
+  }
+}
+
+}  // namespace
+
+void ssd_scan_kernel(const SsdScanInputs& in, const SsdScanForward* fwd,
+                     const SsdScanBackward* bwd) {
+  const DType t = in.x.dtype();
+  COIL_CHECK(t == kF32 || t == kF64, "ssd_scan kernel: unsupported dtype ", t);
+  if (t == kF32) {
+    if (fwd) run_forward<float>(in, *fwd);
+    if (bwd) run_backward<float>(in, *bwd);
+  } else {
+    if (fwd) run_forward<double>(in, *fwd);
+    if (bwd) run_backward<double>(in, *bwd);
+  }
+}
+
+}  // namespace coil::cpu
