@@ -1,6 +1,7 @@
 // The fused SSM ops of a Mamba block, called as a model calls them: selective_scan (Mamba-1),
 // ssd_scan (Mamba-2) and causal_conv1d, forward alone (`pass=fwd`) and forward + backward of a
-// gradient of ones with every input requiring grad (`pass=fwd_bwd`), at 1 and 2 threads.
+// gradient of ones (made once, outside the timed call) with every input requiring grad
+// (`pass=fwd_bwd`), at 1 and 2 threads.
 // ns_per_elem = time / (batch L dim N) for the scans (dim = heads x headdim for ssd_scan) and
 // time / (batch L dim) for the conv. The fwd and fwd_bwd calls of a case are interleaved, so the
 // ratio fwd_bwd / fwd sees the same background load on both.
@@ -175,12 +176,14 @@ std::vector<double> time_case(const Case& c, const std::vector<std::function<voi
   const std::vector<Tensor> plain = c.inputs();
   std::vector<Tensor> leaves;
   for (const Tensor& t : plain) leaves.push_back(leaf(t));
+  // The gradient of ones is made once: filling it is not part of the op's backward.
+  const Tensor seed = coil::ones_like(c.fwd(plain));
   std::vector<std::function<void()>> fns = {
       [&] { Tensor y = c.fwd(plain); },
       [&] {
         clear_grads(leaves);
         Tensor y = c.fwd(leaves);
-        y.backward(coil::ones_like(y));
+        y.backward(seed);
       },
   };
   fns.insert(fns.end(), extra.begin(), extra.end());
