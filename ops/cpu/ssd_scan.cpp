@@ -526,6 +526,123 @@ struct Ssd {
     for (int k = 0; k < K; ++k) store(dbp + k * W, acc[k]);
   }
 
+  // Two steps per sweep of the state (t0 then t1), each element loaded and stored once: the same
+  // operations in the same order as two calls of the one-step kernels (a multiply by m = 1 is exact).
+  template <int K, bool kMul>
+  static void bwd1_pair_slab(T* s, int64_t Np, int64_t P, const T* b0p, const T* b1p, T m0, T m1,
+                             const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0,
+                             T* o1) {
+    Vec b0[K], b1[K], a0[K], a1[K];
+    for (int k = 0; k < K; ++k) {
+      b0[k] = load(b0p + k * W);
+      b1[k] = load(b1p + k * W);
+      a0[k] = Vec{};
+      a1[k] = Vec{};
+    }
+    const Vec mv0 = bcast(m0), mv1 = bcast(m1);
+    for (int64_t p = 0; p < P; ++p) {
+      const Vec x0 = bcast(xs0[p]), x1 = bcast(xs1[p]), g0 = bcast(gy0[p]), g1 = bcast(gy1[p]);
+      T* row = s + p * Np;
+      for (int k = 0; k < K; ++k) {
+        const Vec v = load(row + k * W);
+        const Vec old0 = kMul ? v * mv0 : v;
+        const Vec n0 = old0 + x0 * b0[k];
+        a0[k] += g0 * old0;
+        const Vec old1 = kMul ? n0 * mv1 : n0;
+        store(row + k * W, old1 + x1 * b1[k]);
+        a1[k] += g1 * old1;
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      store(o0 + k * W, a0[k]);
+      store(o1 + k * W, a1[k]);
+    }
+  }
+  template <int K, bool kMul>
+  static void bwd2_pair_slab(T* gs, int64_t Np, int64_t P, const T* b0p, const T* c0p,
+                             const T* b1p, const T* c1p, T m0, T m1, const T* xs0, const T* xs1,
+                             const T* gy0, const T* gy1, T* o0, T* o1, T* w0, T* w1, bool first) {
+    Vec b0[K], b1[K], a0[K], a1[K];
+    for (int k = 0; k < K; ++k) {
+      b0[k] = load(b0p + k * W);
+      b1[k] = load(b1p + k * W);
+      a0[k] = Vec{};
+      a1[k] = Vec{};
+    }
+    const Vec mv0 = bcast(m0), mv1 = bcast(m1);
+    for (int64_t p = 0; p < P; ++p) {
+      const Vec x0 = bcast(xs0[p]), x1 = bcast(xs1[p]), g0 = bcast(gy0[p]), g1 = bcast(gy1[p]);
+      T* row = gs + p * Np;
+      Vec w00{}, w01{}, w10{}, w11{};
+      for (int k = 0; k < K; ++k) {
+        const Vec v = load(row + k * W);
+        const Vec old0 = kMul ? v * mv0 : v;
+        const Vec n0 = old0 + g0 * load(c0p + k * W);
+        a0[k] += x0 * old0;
+        const Vec old1 = kMul ? n0 * mv1 : n0;
+        store(row + k * W, old1 + g1 * load(c1p + k * W));
+        a1[k] += x1 * old1;
+        if (k % 2 == 0) {
+          w00 += old0 * b0[k];
+          w10 += old1 * b1[k];
+        } else {
+          w01 += old0 * b0[k];
+          w11 += old1 * b1[k];
+        }
+      }
+      const Vec wp0 = w00 + w01, wp1 = w10 + w11;
+      store(w0 + p * W, first ? wp0 : load(w0 + p * W) + wp0);
+      store(w1 + p * W, first ? wp1 : load(w1 + p * W) + wp1);
+    }
+    for (int k = 0; k < K; ++k) {
+      store(o0 + k * W, a0[k]);
+      store(o1 + k * W, a1[k]);
+    }
+  }
+  static constexpr int kPairSlab = 4;
+  template <bool kMul>
+  void bwd_pair1(T* state, const T* b0, const T* b1, T m0, T m1, const T* xs0, const T* xs1,
+                 const T* gy0, const T* gy1, T* o0, T* o1) const {
+    const int64_t nv = Np / W;
+    for (int64_t j = 0; j < nv; j += kPairSlab) {
+      const int64_t jw = j * W;
+#define COIL_SSD_PAIR1(K)                                                                   \
+  case K:                                                                                   \
+    bwd1_pair_slab<K, kMul>(state + jw, Np, P, b0 + jw, b1 + jw, m0, m1, xs0, xs1, gy0, gy1, \
+                            o0 + jw, o1 + jw);                                              \
+    break;
+      switch (std::min<int64_t>(kPairSlab, nv - j)) {
+        COIL_SSD_PAIR1(1)
+        COIL_SSD_PAIR1(2)
+        COIL_SSD_PAIR1(3)
+        COIL_SSD_PAIR1(4)
+      }
+#undef COIL_SSD_PAIR1
+    }
+  }
+  template <bool kMul>
+  void bwd_pair2(T* state, const T* b0, const T* c0, const T* b1, const T* c1, T m0, T m1,
+                 const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0, T* o1, T* w0,
+                 T* w1) const {
+    const int64_t nv = Np / W;
+    for (int64_t j = 0; j < nv; j += kPairSlab) {
+      const int64_t jw = j * W;
+      const bool first = j == 0;
+#define COIL_SSD_PAIR2(K)                                                                        \
+  case K:                                                                                        \
+    bwd2_pair_slab<K, kMul>(state + jw, Np, P, b0 + jw, c0 + jw, b1 + jw, c1 + jw, m0, m1, xs0, \
+                            xs1, gy0, gy1, o0 + jw, o1 + jw, w0, w1, first);                     \
+    break;
+      switch (std::min<int64_t>(kPairSlab, nv - j)) {
+        COIL_SSD_PAIR2(1)
+        COIL_SSD_PAIR2(2)
+        COIL_SSD_PAIR2(3)
+        COIL_SSD_PAIR2(4)
+      }
+#undef COIL_SSD_PAIR2
+    }
+  }
+
   template <int Pass, bool kMul>
   void bwd_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
                 T* w) const {
@@ -621,6 +738,7 @@ struct Ssd {
   // Per-thread scratch of the backward; rows padded to Pp / Np stay zero past P / N.
   struct BwdScratch {
     Scratch<T> S, Gs, ckpt, bp, cp, out, w, gy, xs, xr, u, dxr, gate;
+    Scratch<T> bp2, cp2, out2, w2, gy2, xs2, xr2;  // the second step of a pair
     Schedule sched;
     std::vector<T> gm, gscale, inv_gscale, ck_scale;  // reverse schedule of G = gscale * G'
     std::vector<double> E;
@@ -638,6 +756,13 @@ struct Ssd {
           u(k.Pp),
           dxr(k.Pp),
           gate(k.Pp),
+          bp2(k.Np),
+          cp2(k.Np),
+          out2(k.Np),
+          w2(k.Pp * W),
+          gy2(k.Pp),
+          xs2(k.Pp),
+          xr2(k.Pp),
           sched(k.L),
           gm(k.L),
           gscale(k.L),
@@ -679,29 +804,62 @@ struct Ssd {
         std::memcpy(S + p * Np, init + srow(b, h) + p * N, N * sizeof(T));
     const Schedule& sd = sc.sched;
     schedule(b, h, sc.sched);
-    for (int64_t t = 0; t < L; ++t) {
+    struct Step1 {
+      T *xs, *gy, *out, *bp, *cp;
+      const T *bt, *ct;
+    };
+    Step1 st1[2] = {{xs, gy, out, bp, cp, nullptr, nullptr},
+                    {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), sc.bp2.get(), sc.cp2.get(), nullptr,
+                     nullptr}};
+    auto pre1 = [&](int64_t t, Step1& u1) {
       const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
       if (t + kPrefetchSteps < L) {
         const int64_t ra = xrow(b, t + kPrefetchSteps, h);
         prefetch_row(x + ra, P, false);
         prefetch_row(o.dy + ra, P, false);
         prefetch_row(z ? z + ra : nullptr, P, false);
+        const int64_t rba = bcrow(b, t + kPrefetchSteps, g);
+        prefetch_row(o.dC + rba, N, true);
       }
-      const T m = sd.m[t], scale = sd.scale[t], in_scale = sd.in_scale[t];
+      const T in_scale = sd.in_scale[t];
       const T* xt = x + r;
-      for (int64_t p = 0; p < P; ++p) xs[p] = in_scale * xt[p];
-      gate_grad(r, o.dy, T(1), gate, gy);
-      const T* bt = padded(Bm + rb, bp, N, Np);
-      const T* ct = padded(Cm + rb, cp, N, Np);
-      bwd_step<1>(S, bt, ct, m, xs, gy, out, w);
+      for (int64_t p = 0; p < P; ++p) u1.xs[p] = in_scale * xt[p];
+      gate_grad(r, o.dy, T(1), gate, u1.gy);
+      u1.bt = padded(Bm + rb, u1.bp, N, Np);
+      u1.ct = padded(Cm + rb, u1.cp, N, Np);
+    };
+    auto post1 = [&](int64_t t, const Step1& u1) {
+      const int64_t rb = bcrow(b, t, g);
+      const T scale = sd.scale[t];
       // dC = S_t^T dy = (a S_{t-1})^T dy + B (X . dy); E gets (C dy^T) . (a S_{t-1})
-      const T xdy = scale * dot_t(xs, gy);
+      const T xdy = scale * dot_t(u1.xs, u1.gy);
       T* dC = o.dC + rb;
-      for (int64_t n = 0; n < N; ++n) dC[n] += scale * out[n] + bt[n] * xdy;
-      sc.E[t] = scale * dot_d(ct, out, Np);
+      for (int64_t n = 0; n < N; ++n) dC[n] += scale * u1.out[n] + u1.bt[n] * xdy;
+      sc.E[t] = scale * dot_d(u1.ct, u1.out, Np);
       if (chunk_end(t)) {
         std::memcpy(ckpt + (t / Q) * state, S, state * sizeof(T));
         sc.ck_scale[t / Q] = scale;
+      }
+    };
+    for (int64_t t = 0; t < L;) {
+      const bool pair = t + 1 < L && !chunk_end(t);
+      pre1(t, st1[0]);
+      if (pair) {
+        pre1(t + 1, st1[1]);
+        const T m0 = sd.m[t], m1 = sd.m[t + 1];
+        if (m0 == T(1) && m1 == T(1))
+          bwd_pair1<false>(S, st1[0].bt, st1[1].bt, m0, m1, st1[0].xs, st1[1].xs, st1[0].gy,
+                           st1[1].gy, st1[0].out, st1[1].out);
+        else
+          bwd_pair1<true>(S, st1[0].bt, st1[1].bt, m0, m1, st1[0].xs, st1[1].xs, st1[0].gy,
+                          st1[1].gy, st1[0].out, st1[1].out);
+        post1(t, st1[0]);
+        post1(t + 1, st1[1]);
+        t += 2;
+      } else {
+        bwd_step<1>(S, st1[0].bt, st1[0].ct, sd.m[t], st1[0].xs, st1[0].gy, st1[0].out, w);
+        post1(t, st1[0]);
+        t += 1;
       }
     }
 
@@ -720,7 +878,14 @@ struct Ssd {
       for (int64_t t = 0; t < L; ++t) sc.inv_gscale[t] = T(1) / sc.gscale[t];
     }
     double run = 0, dA = 0, dD = 0, dbias = 0;
-    for (int64_t t = L - 1; t >= 0; --t) {
+    struct Step2 {
+      T *xs, *gy, *out, *w, *bp, *cp, *xr;
+      const T *bt, *ct, *xv;
+    };
+    Step2 st2[2] = {{xs, gy, out, w, bp, cp, xr, nullptr, nullptr, nullptr},
+                    {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), sc.w2.get(), sc.bp2.get(),
+                     sc.cp2.get(), sc.xr2.get(), nullptr, nullptr, nullptr}};
+    auto pre2 = [&](int64_t t, Step2& v2) {
       const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
       if (t >= kPrefetchSteps) {
         const int64_t ra = xrow(b, t - kPrefetchSteps, h);
@@ -730,33 +895,41 @@ struct Ssd {
         prefetch_row(z ? z + ra : nullptr, P, false);
         prefetch_row(o.y_pre ? o.y_pre + ra : nullptr, P, false);
         prefetch_row(o.dz ? o.dz + ra : nullptr, P, true);
+        const int64_t rba = bcrow(b, t - kPrefetchSteps, g);
+        prefetch_row(o.dB + rba, N, true);
       }
-      const T d = sd.d[t], m = sc.gm[t], gscale = sc.gscale[t];
+      const T d = sd.d[t];
+      v2.xv = padded(x + r, v2.xr, P, Pp);
+      for (int64_t p = 0; p < P; ++p) v2.xs[p] = d * v2.xv[p];
+      gate_grad(r, o.dy, sc.inv_gscale[t], gate, v2.gy);
+      v2.bt = padded(Bm + rb, v2.bp, N, Np);
+      v2.ct = padded(Cm + rb, v2.cp, N, Np);
+    };
+    auto check2 = [&](int64_t t) {
       if (chunk_end(t)) {
         const double hs = dot_blocked(Gs, ckpt + (t / Q) * state, state);
-        sc.E[t] += static_cast<double>(gscale) * m * sc.ck_scale[t / Q] * hs;
+        sc.E[t] += static_cast<double>(sc.gscale[t]) * sc.gm[t] * sc.ck_scale[t / Q] * hs;
         run = 0;
       }
-      const T* xv = padded(x + r, xr, P, Pp);
-      for (int64_t p = 0; p < P; ++p) xs[p] = d * xv[p];
-      gate_grad(r, o.dy, sc.inv_gscale[t], gate, gy);
-      const T* bt = padded(Bm + rb, bp, N, Np);
-      const T* ct = padded(Cm + rb, cp, N, Np);
-      bwd_step<2>(Gs, bt, ct, m, xs, gy, out, w);
+    };
+    auto post2 = [&](int64_t t, const Step2& v2) {
+      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
+      const T d = sd.d[t], gscale = sc.gscale[t];
+      const T *xs_ = v2.xs, *gy_ = v2.gy, *out_ = v2.out, *bt = v2.bt, *ct = v2.ct, *xv = v2.xv;
       // G_t = H_t + C dy^T: dB = H^T X + C (dy . X); u = H B + dy (C . B); E loses H . (B X^T)
-      const T gx = gscale * dot_t(gy, xs);
+      const T gx = gscale * dot_t(gy_, xs_);
       T* dB = o.dB + rb;
-      for (int64_t n = 0; n < N; ++n) dB[n] += gscale * out[n] + ct[n] * gx;
-      const double hbx = gscale * dot_d(bt, out, Np);
-      row_sums(w, u);
+      for (int64_t n = 0; n < N; ++n) dB[n] += gscale * out_[n] + ct[n] * gx;
+      const double hbx = gscale * dot_d(bt, out_, Np);
+      row_sums(v2.w, u);
       const T cb = static_cast<T>(dot_n(ct, bt, Np));
-      for (int64_t p = 0; p < P; ++p) u[p] += gy[p] * cb;
+      for (int64_t p = 0; p < P; ++p) u[p] += gy_[p] * cb;
       // dx = d u + D dy; q = x . u (also sums for D), over padded rows
       const Vec du = bcast(d * gscale), dD_v = bcast(Dh * gscale);
       Vec qv{}, dDv{};
       T* dxt = P == Pp ? o.dx + r : dxr;
       for (int64_t p = 0; p < Pp; p += W) {
-        const Vec uv = load(u + p), gv = load(gy + p), xp = load(xv + p);
+        const Vec uv = load(u + p), gv = load(gy_ + p), xp = load(xv + p);
         store(dxt + p, du * uv + dD_v * gv);
         qv += xp * uv;
         dDv += xp * gv;
@@ -774,6 +947,30 @@ struct Ssd {
       const double draw = ddelta * sd.dd[t];
       o.ddt[(b * L + t) * H + h] = static_cast<T>(draw);
       dbias += draw;
+    };
+    for (int64_t t = L - 1; t >= 0;) {
+      const bool pair = t >= 1 && !chunk_end(t - 1);
+      pre2(t, st2[0]);
+      check2(t);
+      if (pair) {
+        pre2(t - 1, st2[1]);
+        const T m0 = sc.gm[t], m1 = sc.gm[t - 1];
+        const Step2 &a0 = st2[0], &a1 = st2[1];
+        if (m0 == T(1) && m1 == T(1))
+          bwd_pair2<false>(Gs, a0.bt, a0.ct, a1.bt, a1.ct, m0, m1, a0.xs, a1.xs, a0.gy, a1.gy,
+                           a0.out, a1.out, a0.w, a1.w);
+        else
+          bwd_pair2<true>(Gs, a0.bt, a0.ct, a1.bt, a1.ct, m0, m1, a0.xs, a1.xs, a0.gy, a1.gy,
+                          a0.out, a1.out, a0.w, a1.w);
+        post2(t, a0);
+        post2(t - 1, a1);
+        t -= 2;
+      } else {
+        const Step2& a0 = st2[0];
+        bwd_step<2>(Gs, a0.bt, a0.ct, sc.gm[t], a0.xs, a0.gy, a0.out, a0.w);
+        post2(t, a0);
+        t -= 1;
+      }
     }
     if (o.dinit) {
       const T f = L > 0 ? sd.a[0] * sc.gscale[0] : T(1);
