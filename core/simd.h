@@ -81,4 +81,42 @@ inline Vec sigmoid(Vec x) {
   return select(x != x, x, s);
 }
 inline Vec silu(Vec x) { return x * sigmoid(x); }
+// log(x) for positive finite normal x, about 1 ulp (Cephes' logf): x = m 2^e, m in [sqrt(1/2),
+// sqrt(2)), a degree-8 polynomial in m - 1.
+inline Vec log(Vec x) {
+  VecI bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  VecI mbits = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+  Vec m, e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, Vec);
+  std::memcpy(&m, &mbits, sizeof(m));
+  VecI small = m < 0.707106781186547524f;
+  e = select(small, e - 1.0f, e);
+  m = select(small, m + m - 1.0f, m - 1.0f);
+  Vec z = m * m;
+  Vec p = broadcast(7.0376836292e-2f);
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  Vec r = p * m * z + e * -2.12194440e-4f - 0.5f * z;
+  return m + r + e * 0.693359375f;
+}
+
+// softplus(x) = log(1 + exp(x)) with PyTorch's threshold (x > 20 passes through), and its
+// derivative sigmoid(x) (1 above the threshold). Written on exp(-|x|) so nothing overflows.
+inline void softplus(Vec x, Vec& sp, Vec& dsp) {
+  Vec v = exp(-vmax(x, -x));  // in (0, 1]
+  Vec w = 1.0f + v;
+  // log1p(v) = log(w) * v / (w - 1) keeps the digits of v that 1 + v rounds away
+  Vec l1p = select(w == 1.0f, v, log(w) * (v / (w - 1.0f)));
+  VecI big = x > 20.0f;
+  sp = select(big, x, vmax(x, broadcast(0.0f)) + l1p);
+  Vec s = select(x >= 0.0f, 1.0f / w, v / w);
+  dsp = select(big, broadcast(1.0f), s);
+}
+
 }  // namespace coil::simd

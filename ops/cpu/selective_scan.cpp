@@ -37,32 +37,6 @@ namespace {
 
 constexpr int64_t kChunk = kSelectiveScanChunk;
 
-// log of positive finite floats (cephes logf, about 1 ulp).
-inline simd::Vec vlog(simd::Vec x) {
-  using simd::Vec;
-  using simd::VecI;
-  VecI bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  VecI mbits = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-  Vec m, e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, Vec);
-  std::memcpy(&m, &mbits, sizeof(m));
-  VecI small = m < 0.707106781186547524f;
-  e = simd::select(small, e - 1.0f, e);
-  m = simd::select(small, m + m - 1.0f, m - 1.0f);
-  Vec z = m * m;
-  Vec p = simd::broadcast(7.0376836292e-2f);
-  p = p * m - 1.1514610310e-1f;
-  p = p * m + 1.1676998740e-1f;
-  p = p * m - 1.2420140846e-1f;
-  p = p * m + 1.4249322787e-1f;
-  p = p * m - 1.6668057665e-1f;
-  p = p * m + 2.0000714765e-1f;
-  p = p * m - 2.4999993993e-1f;
-  p = p * m + 3.3333331174e-1f;
-  Vec r = p * m * z + e * -2.12194440e-4f - 0.5f * z;
-  return m + r + e * 0.693359375f;
-}
-
 // The per-type vector: f32 runs SIMD across channels, f64 (references, gradcheck) one channel.
 template <class T>
 struct Lanes;
@@ -87,16 +61,8 @@ struct Lanes<float> {
   static V exp(V x) { return simd::exp(x); }
   static V sigmoid(V x) { return simd::sigmoid(x); }
   // softplus with PyTorch's threshold (x > 20 passes through) and its derivative.
-  static void softplus(V x, V& sp, V& dsp) {
-    V v = simd::exp(-simd::vmax(x, -x));  // exp(-|x|) in (0, 1]: no overflow
-    V w = 1.0f + v;
-    // log1p(v) = log(w) * v / (w - 1) keeps the digits of v that 1 + v rounds away
-    V l1p = simd::select(w == 1.0f, v, vlog(w) * (v / (w - 1.0f)));
-    VecI big = x > 20.0f;
-    sp = simd::select(big, x, simd::vmax(x, simd::broadcast(0.0f)) + l1p);
-    V s = simd::select(x >= 0.0f, 1.0f / w, v / w);
-    dsp = simd::select(big, simd::broadcast(1.0f), s);
-  }
+  static void softplus(V x, V& sp, V& dsp) { simd::softplus(x, sp, dsp); }
+
   static float lane(V v, int j) { return v[j]; }
   static float sum(V v) {
     float s = 0;

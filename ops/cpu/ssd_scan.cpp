@@ -146,36 +146,6 @@ double dot_blocked(const float* a, const float* b, int64_t n) {
 }
 double dot_blocked(const double* a, const double* b, int64_t n) { return dot_d(a, b, n); }
 
-// log(x) for positive normal x, f32-accurate (Cephes' logf on SIMD vectors): softplus needs it.
-simd::Vec log_pos(simd::Vec x) {
-  using simd::Vec;
-  using simd::VecI;
-  VecI bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  VecI e = ((bits >> 23) & 0xff) - 126;  // x = m 2^e with m in [0.5, 1)
-  VecI mb = (bits & 0x007fffff) | 0x3f000000;
-  Vec m;
-  std::memcpy(&m, &mb, sizeof(m));
-  VecI small = m < 0.707106781186547524f;  // then use 2m - 1 and e - 1
-  e += small;                              // small lanes are -1
-  Vec f = simd::select(small, m + m - 1.0f, m - 1.0f);
-  Vec ef = __builtin_convertvector(e, Vec);
-  Vec z = f * f;
-  Vec y = simd::broadcast(7.0376836292e-2f);
-  y = y * f - 1.1514610310e-1f;
-  y = y * f + 1.1676998740e-1f;
-  y = y * f - 1.2420140846e-1f;
-  y = y * f + 1.4249322787e-1f;
-  y = y * f - 1.6668057665e-1f;
-  y = y * f + 2.0000714765e-1f;
-  y = y * f - 2.4999993993e-1f;
-  y = y * f + 3.3333331174e-1f;
-  y = y * f * z;
-  y += ef * -2.12194440e-4f;
-  y += -0.5f * z;
-  return f + y + ef * 0.693359375f;
-}
-
 // Row sums of W vectors at once by a shuffle butterfly: W - 1 shuffle pairs instead of W
 // horizontal sums. Input i should hold row slot[i]; lane l of the result is then the sum of row l.
 template <class T>
@@ -338,12 +308,7 @@ struct Ssd {
           const Vec v = simd::load(dt + i) + simd::load(vb);
           Vec dv = v, ddv = simd::broadcast(1.0f);
           if (softplus) {
-            const Vec e = simd::exp(v), u = 1.0f + e;
-            // log1p(e) = log(u) e / (u - 1) keeps the low bits of e that 1 + e drops
-            const Vec lp = simd::select(u == 1.0f, e, log_pos(u) * e / (u - 1.0f));
-            const simd::VecI big = v > 20.0f;
-            dv = simd::select(big, v, lp);
-            ddv = simd::select(big, ddv, e / u);
+            simd::softplus(v, dv, ddv);
           }
           simd::store(d + i, dv);
           simd::store(dd + i, ddv);
