@@ -24,9 +24,9 @@ inline double median(std::vector<double> v) {
 // of them alike. Each is warmed up first; the repetition count is chosen from the warm-up time
 // so the whole case takes about `budget_ms`, within [min_reps, max_reps]. Returns one list of
 // per-call times (ms) per candidate.
-inline std::vector<std::vector<double>> time_interleaved(const std::vector<std::function<void()>>& fns,
-                                                         double budget_ms = 600, int min_reps = 5,
-                                                         int max_reps = 2000) {
+inline std::vector<std::vector<double>> time_interleaved(
+    const std::vector<std::function<void()>>& fns, double budget_ms = 600, int min_reps = 5,
+    int max_reps = 2000) {
   const size_t nf = fns.size();
   double one_round = 0;
   for (const auto& f : fns) {

@@ -74,20 +74,21 @@ int main() {
     std::vector<double> triad_ms_all;
     std::vector<std::vector<double>> op_ms;
     for (const Op& op : ops) {
-      auto t = bench::time_interleaved({[&] { coil::Tensor r = op.call(); }, [&] { triad.run(0.5f); }}, 800);
+      auto t = bench::time_interleaved(
+          {[&] { coil::Tensor r = op.call(); }, [&] { triad.run(0.5f); }}, 800);
       op_ms.push_back(t[0]);
       triad_ms_all.insert(triad_ms_all.end(), t[1].begin(), t[1].end());
     }
     const double triad_ms = bench::median(triad_ms_all);
     const double triad_gbps = gbps(triad_bytes, triad_ms);
-    std::printf("bench=elementwise op=triad_ref n=%lld threads=%d median_ms=%.3f gbps=%.2f\n", (long long)kN, threads,
-                triad_ms, triad_gbps);
+    std::printf("bench=elementwise op=triad_ref n=%lld threads=%d median_ms=%.3f gbps=%.2f\n",
+                (long long)kN, threads, triad_ms, triad_gbps);
     for (size_t i = 0; i < ops.size(); ++i) {
       const double ms = bench::median(op_ms[i]);
       const double g = gbps((ops[i].n_inputs + 1.0) * kN * sizeof(float), ms);
       const double ratio = g / triad_gbps;
-      std::printf("bench=elementwise op=%s n=%lld threads=%d median_ms=%.3f gbps=%.2f ratio=%.2f\n", ops[i].name,
-                  (long long)kN, threads, ms, g, ratio);
+      std::printf("bench=elementwise op=%s n=%lld threads=%d median_ms=%.3f gbps=%.2f ratio=%.2f\n",
+                  ops[i].name, (long long)kN, threads, ms, g, ratio);
       if (ratio < worst_ratio) {
         worst_ratio = ratio;
         worst = std::string(ops[i].name) + ":t" + std::to_string(threads);
@@ -95,7 +96,7 @@ int main() {
     }
     std::fflush(stdout);
   }
-  std::printf("bench=elementwise_summary ratio_min=%.2f worst_case=%s target=0.70 %s\n", worst_ratio, worst.c_str(),
-              worst_ratio >= 0.7 ? "met=yes" : "met=no");
+  std::printf("bench=elementwise_summary ratio_min=%.2f worst_case=%s target=0.70 %s\n",
+              worst_ratio, worst.c_str(), worst_ratio >= 0.7 ? "met=yes" : "met=no");
   return 0;
 }

@@ -36,12 +36,12 @@ struct Case {
 
 struct Result {
   std::string label;
-  double ratio;       // coil gflops / openblas gflops, from the medians
+  double ratio;         // coil gflops / openblas gflops, from the medians
   double paired_ratio;  // median over adjacent (coil, openblas) call pairs of their time ratio
 };
 
 void set_threads(int t) {
-  coil::set_num_threads(t);   // omp_set_num_threads
+  coil::set_num_threads(t);     // omp_set_num_threads
   openblas_set_num_threads(t);  // the OpenMP build follows omp's setting anyway; be explicit
 }
 
@@ -64,9 +64,12 @@ Operands make_operands(const Case& c) {
 
 coil::Tensor coil_gemm(const Case& c, const Operands& o) {
   switch (c.layout) {
-    case Layout::nn: return coil::matmul(o.a, o.b);
-    case Layout::tn: return coil::matmul(o.a.t(), o.b);
-    case Layout::nt: return c.use_linear ? coil::linear(o.a, o.b) : coil::matmul(o.a, o.b.t());
+    case Layout::nn:
+      return coil::matmul(o.a, o.b);
+    case Layout::tn:
+      return coil::matmul(o.a.t(), o.b);
+    case Layout::nt:
+      return c.use_linear ? coil::linear(o.a, o.b) : coil::matmul(o.a, o.b.t());
   }
   return {};
 }
@@ -77,13 +80,16 @@ void blas_gemm(const Case& c, Operands& o) {
   const float* b = o.b.data_ptr<float>();
   switch (c.layout) {
     case Layout::nn:
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, o.c.data(), n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f,
+                  o.c.data(), n);
       break;
     case Layout::tn:
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a, m, b, n, 0.0f, o.c.data(), n);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a, m, b, n, 0.0f,
+                  o.c.data(), n);
       break;
     case Layout::nt:
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, b, k, 0.0f, o.c.data(), n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, b, k, 0.0f,
+                  o.c.data(), n);
       break;
   }
 }
@@ -101,18 +107,21 @@ bool same_result(const Case& c, Operands& o, int64_t* allocs) {
   for (int64_t i = 0; i < c.m * c.n; ++i)
     worst = std::max(worst, std::abs(double(p[i]) - o.c[i]) / (1.0 + std::abs(double(o.c[i]))));
   if (worst > 1e-4) {
-    std::fprintf(stderr, "bench_matmul: coil and openblas differ on %s (max rel diff %g)\n", c.name, worst);
+    std::fprintf(stderr, "bench_matmul: coil and openblas differ on %s (max rel diff %g)\n", c.name,
+                 worst);
     return false;
   }
   return true;
 }
 
 void print_line(const char* impl, const Case& c, int threads, int64_t allocs, double ms) {
-  std::printf("bench=matmul impl=%s m=%lld n=%lld k=%lld layout=%s threads=%d case=%s api=%s allocs_per_call=%lld "
-              "median_ms=%.3f gflops=%.1f\n",
-              impl, (long long)c.m, (long long)c.n, (long long)c.k, layout_name(c.layout), threads, c.name,
-              impl[0] == 'o' ? "cblas_sgemm" : (c.use_linear ? "linear" : "matmul"), (long long)allocs, ms,
-              gflops(c.m, c.n, c.k, ms));
+  std::printf(
+      "bench=matmul impl=%s m=%lld n=%lld k=%lld layout=%s threads=%d case=%s api=%s "
+      "allocs_per_call=%lld "
+      "median_ms=%.3f gflops=%.1f\n",
+      impl, (long long)c.m, (long long)c.n, (long long)c.k, layout_name(c.layout), threads, c.name,
+      impl[0] == 'o' ? "cblas_sgemm" : (c.use_linear ? "linear" : "matmul"), (long long)allocs, ms,
+      gflops(c.m, c.n, c.k, ms));
   std::fflush(stdout);
 }
 
@@ -181,14 +190,17 @@ void bench_parallel_region() {
   for (size_t i = 0; i < modes.size(); ++i) g.push_back(flop_g / bench::median(t[i]));
   for (size_t i = 0; i < modes.size(); ++i) {
     const bool region = modes[i].mode[0] == 'p';
-    std::printf("bench=matmul_in_parallel_region impl=%s mode=%s workers=%d m=%lld n=%lld k=%lld threads=%d "
-                "in_region=%d median_ms=%.3f gflops=%.1f speedup_vs_1thread=%.2f\n",
-                modes[i].impl, modes[i].mode, workers, (long long)N, (long long)N, (long long)N, modes[i].threads,
-                region ? worker_in_region : 0, bench::median(t[i]), g[i], g[i] / g[0]);
+    std::printf(
+        "bench=matmul_in_parallel_region impl=%s mode=%s workers=%d m=%lld n=%lld k=%lld "
+        "threads=%d "
+        "in_region=%d median_ms=%.3f gflops=%.1f speedup_vs_1thread=%.2f\n",
+        modes[i].impl, modes[i].mode, workers, (long long)N, (long long)N, (long long)N,
+        modes[i].threads, region ? worker_in_region : 0, bench::median(t[i]), g[i], g[i] / g[0]);
   }
-  std::printf("bench=matmul_in_parallel_region_summary coil_region_over_sequential=%.2f "
-              "openblas_region_over_sequential=%.2f coil_region_over_openblas_region=%.2f\n",
-              g[2] / g[1], g[4] / g[3], g[2] / g[4]);
+  std::printf(
+      "bench=matmul_in_parallel_region_summary coil_region_over_sequential=%.2f "
+      "openblas_region_over_sequential=%.2f coil_region_over_openblas_region=%.2f\n",
+      g[2] / g[1], g[4] / g[3], g[2] / g[4]);
   std::fflush(stdout);
 }
 
@@ -213,8 +225,9 @@ int main() {
   };
   // OpenBLAS picks its kernels at load time from the CPU model (DYNAMIC_ARCH); OPENBLAS_CORETYPE
   // in the environment overrides it. Both columns below use the same kernels.
-  std::printf("# bench_matmul: openblas_core=%s omp_max_threads=%d; ~0.4 s per case and implementation\n",
-              openblas_get_corename(), omp_get_max_threads());
+  std::printf(
+      "# bench_matmul: openblas_core=%s omp_max_threads=%d; ~0.4 s per case and implementation\n",
+      openblas_get_corename(), omp_get_max_threads());
   std::vector<Result> results;
   bool ok = true;
   for (const Case& c : cases) {
@@ -224,13 +237,14 @@ int main() {
     ok = same_result(c, o, &allocs) && ok;
     for (int threads : {1, 2}) {
       set_threads(threads);
-      auto t = bench::time_interleaved({[&] { coil::Tensor y = coil_gemm(c, o); }, [&] { blas_gemm(c, o); }}, 800);
+      auto t = bench::time_interleaved(
+          {[&] { coil::Tensor y = coil_gemm(c, o); }, [&] { blas_gemm(c, o); }}, 800);
       const double ms_coil = bench::median(t[0]), ms_blas = bench::median(t[1]);
       print_line("coil", c, threads, allocs, ms_coil);
       print_line("openblas", c, threads, 0, ms_blas);
       char label[160];
-      std::snprintf(label, sizeof label, "%s:%lldx%lldx%lld:%s:t%d", c.name, (long long)c.m, (long long)c.n,
-                    (long long)c.k, layout_name(c.layout), threads);
+      std::snprintf(label, sizeof label, "%s:%lldx%lldx%lld:%s:t%d", c.name, (long long)c.m,
+                    (long long)c.n, (long long)c.k, layout_name(c.layout), threads);
       // The two calls of a pair run back to back, so a burst of load from outside (this machine's
       // cores are shared) mostly hits both; the median of the pair ratios is the steadier figure.
       std::vector<double> pairs;
@@ -248,10 +262,12 @@ int main() {
     paired_ratio_min = std::min(paired_ratio_min, r.paired_ratio);
     if (r.ratio < worst->ratio) worst = &r;
   }
-  std::printf("bench=matmul_summary ratio_min=%.3f ratio_median=%.3f ratio_max=%.3f worst_case=%s cases=%zu "
-              "paired_ratio_min=%.3f openblas_core=%s\n",
-              *std::min_element(ratios.begin(), ratios.end()), bench::median(ratios),
-              *std::max_element(ratios.begin(), ratios.end()), worst->label.c_str(), ratios.size(),
-              paired_ratio_min, openblas_get_corename());
+  std::printf(
+      "bench=matmul_summary ratio_min=%.3f ratio_median=%.3f ratio_max=%.3f worst_case=%s "
+      "cases=%zu "
+      "paired_ratio_min=%.3f openblas_core=%s\n",
+      *std::min_element(ratios.begin(), ratios.end()), bench::median(ratios),
+      *std::max_element(ratios.begin(), ratios.end()), worst->label.c_str(), ratios.size(),
+      paired_ratio_min, openblas_get_corename());
   return ok ? 0 : 1;
 }

@@ -29,11 +29,14 @@ namespace {
 
 using coil::Tensor;
 
-void print_case(const char* op, int64_t batch, int64_t L, int64_t dim, int64_t N, int threads, const char* pass,
-                double ms) {
+void print_case(const char* op, int64_t batch, int64_t L, int64_t dim, int64_t N, int threads,
+                const char* pass, double ms) {
   const double elems = double(batch) * L * dim * (N > 0 ? N : 1);
-  std::printf("bench=%s impl=coil batch=%lld L=%lld dim=%lld N=%lld threads=%d pass=%s median_ms=%.3f ns_per_elem=%.4f\n",
-              op, (long long)batch, (long long)L, (long long)dim, (long long)N, threads, pass, ms, ms * 1e6 / elems);
+  std::printf(
+      "bench=%s impl=coil batch=%lld L=%lld dim=%lld N=%lld threads=%d pass=%s median_ms=%.3f "
+      "ns_per_elem=%.4f\n",
+      op, (long long)batch, (long long)L, (long long)dim, (long long)N, threads, pass, ms,
+      ms * 1e6 / elems);
   std::fflush(stdout);
 }
 
@@ -55,7 +58,8 @@ constexpr int64_t kBlockChannels = 64;
 struct ExpFmaBound {
   int64_t n_state, n_tokens, n_blocks;
   std::vector<float> delta;  // one per token: the scalar each channel's delta would be
-  ExpFmaBound(int64_t L, int64_t dim, int64_t N) : n_state(N), n_tokens(L), n_blocks(dim / kBlockChannels) {
+  ExpFmaBound(int64_t L, int64_t dim, int64_t N)
+      : n_state(N), n_tokens(L), n_blocks(dim / kBlockChannels) {
     delta.resize(L);
     for (int64_t t = 0; t < L; ++t) delta[t] = 0.01f + 0.1f * float(t % 97) / 97.0f;
   }
@@ -109,7 +113,9 @@ struct SelectiveScanCase {
     delta = coil::rand({batch, L, dim}) * 2.0 - 4.0;  // softplus(delta + bias) ~ 0.01 .. 0.2
     delta_bias = coil::rand({dim}) - 0.5;
     // A = -exp(A_log), A_log = log(1..N) for every channel, as Mamba-1 initialises it
-    Tensor A_log = coil::log(coil::arange(1, N + 1, 1, coil::Options(coil::kF32))).unsqueeze(0).expand({dim, N});
+    Tensor A_log = coil::log(coil::arange(1, N + 1, 1, coil::Options(coil::kF32)))
+                       .unsqueeze(0)
+                       .expand({dim, N});
     A = coil::neg(coil::exp(A_log)).contiguous();
     B = coil::randn({batch, L, N});
     C = coil::randn({batch, L, N});
@@ -172,7 +178,8 @@ struct ConvCase {
 // Times fwd (plain inputs, no graph) and fwd_bwd (leaf copies that require grad), interleaved,
 // plus any extra candidates. Returns the medians: fwd, fwd_bwd, extras...
 template <class Case>
-std::vector<double> time_case(const Case& c, const std::vector<std::function<void()>>& extra, double budget_ms) {
+std::vector<double> time_case(const Case& c, const std::vector<std::function<void()>>& extra,
+                              double budget_ms) {
   const std::vector<Tensor> plain = c.inputs();
   std::vector<Tensor> leaves;
   for (const Tensor& t : plain) leaves.push_back(leaf(t));
@@ -220,19 +227,25 @@ int main(int argc, char** argv) {
         print_case("selective_scan", c.batch, L, c.dim, c.N, threads, "fwd", med[0]);
         print_case("selective_scan", c.batch, L, c.dim, c.N, threads, "fwd_bwd", med[1]);
         const double elems = double(c.batch) * L * c.dim * c.N;
-        std::printf("bench=selective_scan_ratio L=%lld threads=%d fwd_bwd_over_fwd=%.2f target=3.5 %s\n", (long long)L,
-                    threads, med[1] / med[0], med[1] / med[0] <= 3.5 ? "met=yes" : "met=no");
+        std::printf(
+            "bench=selective_scan_ratio L=%lld threads=%d fwd_bwd_over_fwd=%.2f target=3.5 %s\n",
+            (long long)L, threads, med[1] / med[0], med[1] / med[0] <= 3.5 ? "met=yes" : "met=no");
         if (with_bound) {
           const double bound_ns = med[2] * 1e6 / elems;
           const double r = med[0] / med[2];
-          std::printf("bench=exp_fma_bound L=%lld dim=%lld N=%lld threads=%d block=%lldx%lld median_ms=%.3f ns_per_elem=%.4f\n",
-                      (long long)L, (long long)c.dim, (long long)c.N, threads, (long long)kBlockChannels,
-                      (long long)c.N, med[2], bound_ns);
-          std::printf("bench=selective_scan_vs_bound L=%lld threads=%d pass=fwd coil_over_bound=%.2f target=3.0 %s\n",
-                      (long long)L, threads, r, r <= 3.0 ? "met=yes" : "met=no");
+          std::printf(
+              "bench=exp_fma_bound L=%lld dim=%lld N=%lld threads=%d block=%lldx%lld "
+              "median_ms=%.3f ns_per_elem=%.4f\n",
+              (long long)L, (long long)c.dim, (long long)c.N, threads, (long long)kBlockChannels,
+              (long long)c.N, med[2], bound_ns);
+          std::printf(
+              "bench=selective_scan_vs_bound L=%lld threads=%d pass=fwd coil_over_bound=%.2f "
+              "target=3.0 %s\n",
+              (long long)L, threads, r, r <= 3.0 ? "met=yes" : "met=no");
           ratios.push_back({"selective_scan_vs_bound:t" + std::to_string(threads), r});
         }
-        ratios.push_back({"selective_scan_fwd_bwd_over_fwd:L" + std::to_string(L) + ":t" + std::to_string(threads),
+        ratios.push_back({"selective_scan_fwd_bwd_over_fwd:L" + std::to_string(L) + ":t" +
+                              std::to_string(threads),
                           med[1] / med[0]});
         std::fflush(stdout);
       }
@@ -244,8 +257,9 @@ int main(int argc, char** argv) {
       const int64_t dim = c.heads * c.headdim;
       print_case("ssd_scan", c.batch, c.L, dim, c.N, threads, "fwd", med[0]);
       print_case("ssd_scan", c.batch, c.L, dim, c.N, threads, "fwd_bwd", med[1]);
-      std::printf("bench=ssd_scan_ratio L=%lld threads=%d fwd_bwd_over_fwd=%.2f target=3.5 %s\n", (long long)c.L, threads,
-                  med[1] / med[0], med[1] / med[0] <= 3.5 ? "met=yes" : "met=no");
+      std::printf("bench=ssd_scan_ratio L=%lld threads=%d fwd_bwd_over_fwd=%.2f target=3.5 %s\n",
+                  (long long)c.L, threads, med[1] / med[0],
+                  med[1] / med[0] <= 3.5 ? "met=yes" : "met=no");
       ratios.push_back({"ssd_scan_fwd_bwd_over_fwd:t" + std::to_string(threads), med[1] / med[0]});
       std::fflush(stdout);
     }
@@ -255,9 +269,11 @@ int main(int argc, char** argv) {
       auto med = time_case(c, {}, 1500);
       print_case("causal_conv1d", c.batch, c.L, c.dim, 0, threads, "fwd", med[0]);
       print_case("causal_conv1d", c.batch, c.L, c.dim, 0, threads, "fwd_bwd", med[1]);
-      std::printf("bench=causal_conv1d_ratio L=%lld threads=%d fwd_bwd_over_fwd=%.2f target=3.5 %s\n", (long long)c.L,
-                  threads, med[1] / med[0], med[1] / med[0] <= 3.5 ? "met=yes" : "met=no");
-      ratios.push_back({"causal_conv1d_fwd_bwd_over_fwd:t" + std::to_string(threads), med[1] / med[0]});
+      std::printf(
+          "bench=causal_conv1d_ratio L=%lld threads=%d fwd_bwd_over_fwd=%.2f target=3.5 %s\n",
+          (long long)c.L, threads, med[1] / med[0], med[1] / med[0] <= 3.5 ? "met=yes" : "met=no");
+      ratios.push_back(
+          {"causal_conv1d_fwd_bwd_over_fwd:t" + std::to_string(threads), med[1] / med[0]});
       std::fflush(stdout);
     }
   }
@@ -274,10 +290,11 @@ int main(int argc, char** argv) {
     }
   }
   if (!worst_bwd_case.empty())
-    std::printf("bench=scan_summary fwd_bwd_over_fwd_max=%.2f worst_case=%s target=3.5 %s\n", worst_bwd,
-                worst_bwd_case.c_str(), worst_bwd <= 3.5 ? "met=yes" : "met=no");
+    std::printf("bench=scan_summary fwd_bwd_over_fwd_max=%.2f worst_case=%s target=3.5 %s\n",
+                worst_bwd, worst_bwd_case.c_str(), worst_bwd <= 3.5 ? "met=yes" : "met=no");
   if (!worst_bound_case.empty())
-    std::printf("bench=scan_summary selective_scan_over_bound_max=%.2f worst_case=%s target=3.0 %s\n", worst_bound,
-                worst_bound_case.c_str(), worst_bound <= 3.0 ? "met=yes" : "met=no");
+    std::printf(
+        "bench=scan_summary selective_scan_over_bound_max=%.2f worst_case=%s target=3.0 %s\n",
+        worst_bound, worst_bound_case.c_str(), worst_bound <= 3.0 ? "met=yes" : "met=no");
   return 0;
 }

@@ -34,7 +34,8 @@ inline Vec select(VecI mask, Vec a, Vec b) { return mask ? a : b; }
 // e^r, and 2^n added straight into the exponent bits. Results below FLT_MIN flush to zero
 // (absolute error under 1.2e-38); overflow gives +inf; NaN stays NaN.
 inline Vec exp(Vec x) {
-  const Vec xc = vmin(vmax(x, broadcast(-87.3365479f)), broadcast(88.7228391f));  // n in [-126, 128]
+  const Vec xc =
+      vmin(vmax(x, broadcast(-87.3365479f)), broadcast(88.7228391f));  // n in [-126, 128]
   const Vec round = broadcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   Vec nf = (xc * 1.44269504088896341f + round) - round;
   Vec r = xc - nf * 0.693359375f;  // ln2 split in two for exactness

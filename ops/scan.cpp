@@ -32,8 +32,8 @@ TensorList checked_combine(const ScanCombine& combine, const TensorList& a, cons
   COIL_CHECK(r.size() == a.size(), "associative_scan: combine returned ", r.size(), " tensors for ",
              a.size(), " inputs");
   for (size_t i = 0; i < r.size(); ++i)
-    COIL_CHECK(r[i].sizes() == a[i].sizes(), "associative_scan: combine returned shape ", r[i].shape_str(),
-               " for inputs of shape ", a[i].shape_str(), " (element ", i, ")");
+    COIL_CHECK(r[i].sizes() == a[i].sizes(), "associative_scan: combine returned shape ",
+               r[i].shape_str(), " for inputs of shape ", a[i].shape_str(), " (element ", i, ")");
   return r;
 }
 
@@ -43,11 +43,14 @@ TensorList scan_rec(const ScanCombine& combine, const TensorList& xs, int64_t d)
   const int64_t n = xs[0].size(d);
   if (n < 2) return xs;
   const int64_t half = n / 2, n_even = (n + 1) / 2;
-  TensorList odd = scan_rec(combine, checked_combine(combine, slice_all(xs, d, 0, 2 * half, 2),
-                                                     slice_all(xs, d, 1, 2 * half, 2)), d);
+  TensorList odd = scan_rec(
+      combine,
+      checked_combine(combine, slice_all(xs, d, 0, 2 * half, 2), slice_all(xs, d, 1, 2 * half, 2)),
+      d);
   TensorList even = slice_all(xs, d, 0, 1, 1);
   if (n_even > 1) {
-    TensorList rest = checked_combine(combine, slice_all(odd, d, 0, n_even - 1, 1), slice_all(xs, d, 2, n, 2));
+    TensorList rest =
+        checked_combine(combine, slice_all(odd, d, 0, n_even - 1, 1), slice_all(xs, d, 2, n, 2));
     for (size_t i = 0; i < even.size(); ++i) even[i] = cat({even[i], rest[i]}, d);
   }
   TensorList out;
@@ -62,13 +65,14 @@ Tensor flip(const Tensor& x, int64_t d) {
 
 }  // namespace
 
-TensorList associative_scan(const ScanCombine& combine, const TensorList& xs, int64_t dim, bool reverse) {
+TensorList associative_scan(const ScanCombine& combine, const TensorList& xs, int64_t dim,
+                            bool reverse) {
   COIL_CHECK(!xs.empty(), "associative_scan: xs is empty");
   COIL_CHECK(combine, "associative_scan: combine is empty");
   for (const Tensor& x : xs) {
     COIL_CHECK(x.defined(), "associative_scan: xs holds an undefined tensor");
-    COIL_CHECK(x.sizes() == xs[0].sizes(), "associative_scan: xs must share one shape, got ", xs[0].shape_str(),
-               " and ", x.shape_str());
+    COIL_CHECK(x.sizes() == xs[0].sizes(), "associative_scan: xs must share one shape, got ",
+               xs[0].shape_str(), " and ", x.shape_str());
   }
   COIL_CHECK(xs[0].dim() > 0, "associative_scan: cannot scan 0-d tensors");
   const int64_t d = normalize_dim("associative_scan", dim, xs[0].dim());
@@ -81,26 +85,32 @@ TensorList associative_scan(const ScanCombine& combine, const TensorList& xs, in
   return r;
 }
 
-std::pair<Tensor, Tensor> causal_conv1d(const Tensor& x, const Tensor& weight, const CausalConv1dOptions& o) {
+std::pair<Tensor, Tensor> causal_conv1d(const Tensor& x, const Tensor& weight,
+                                        const CausalConv1dOptions& o) {
   COIL_OP("causal_conv1d");
   const Tensor &bias = o.bias, &window = o.initial_window;
   if (any_distributed({&x, &weight, &bias, &window})) {
-    TensorList r = dist_dispatch(op_, {x, weight, bias, window},
-                                 {{"activation_silu", o.activation_silu}, {"return_final_window", o.return_final_window}});
+    TensorList r = dist_dispatch(
+        op_, {x, weight, bias, window},
+        {{"activation_silu", o.activation_silu}, {"return_final_window", o.return_final_window}});
     return {r[0], r.size() > 1 ? r[1] : Tensor()};
   }
   COIL_CHECK(x.dim() == 3, "causal_conv1d: x must be (batch, L, channels), got ", x.shape_str());
   const int64_t B = x.sizes()[0], L = x.sizes()[1], C = x.sizes()[2];
-  COIL_CHECK(weight.dim() == 2 && weight.sizes()[0] == C && weight.sizes()[1] >= 1, "causal_conv1d: weight must be ",
-             "(channels, K) = (", C, ", K >= 1), got ", weight.shape_str());
+  COIL_CHECK(weight.dim() == 2 && weight.sizes()[0] == C && weight.sizes()[1] >= 1,
+             "causal_conv1d: weight must be ", "(channels, K) = (", C, ", K >= 1), got ",
+             weight.shape_str());
   const int64_t K = weight.sizes()[1];
   if (bias.defined())
-    COIL_CHECK(bias.dim() == 1 && bias.sizes()[0] == C, "causal_conv1d: bias must be (", C, "), got ", bias.shape_str());
+    COIL_CHECK(bias.dim() == 1 && bias.sizes()[0] == C, "causal_conv1d: bias must be (", C,
+               "), got ", bias.shape_str());
   if (window.defined())
-    COIL_CHECK(window.sizes() == Shape({B, K - 1, C}), "causal_conv1d: initial_window must be (batch, K-1, channels) = ",
+    COIL_CHECK(window.sizes() == Shape({B, K - 1, C}),
+               "causal_conv1d: initial_window must be (batch, K-1, channels) = ",
                shape_str({B, K - 1, C}), ", got ", window.shape_str());
-  COIL_CHECK(is_floating(x.dtype()) && is_floating(weight.dtype()), "causal_conv1d: x and weight must be floating ",
-             "point, got ", x.dtype(), " and ", weight.dtype());
+  COIL_CHECK(is_floating(x.dtype()) && is_floating(weight.dtype()),
+             "causal_conv1d: x and weight must be floating ", "point, got ", x.dtype(), " and ",
+             weight.dtype());
   check_same_device("causal_conv1d", {x, weight, bias, window});
 
   const DType ct = compute_dtype(x.dtype());
@@ -136,7 +146,8 @@ std::pair<Tensor, Tensor> causal_conv1d(const Tensor& x, const Tensor& weight, c
   Tensor final_window;
   if (o.return_final_window) {
     // The last K-1 inputs of [window; x], through differentiable ops so its gradient flows.
-    Tensor before = window.defined() ? window : zeros({B, K - 1, C}, Options(x.dtype(), x.device()));
+    Tensor before =
+        window.defined() ? window : zeros({B, K - 1, C}, Options(x.dtype(), x.device()));
     final_window = narrow(cat({before, x}, 1), 1, L, K - 1);
   }
   return {y, final_window};
@@ -158,7 +169,8 @@ void register_scan() {
     };
     o.gradcheck = [] {
       GradcheckCase c;
-      c.inputs = {detail::gc_rand({2, 5, 3}), detail::gc_rand({3, 4}), detail::gc_rand({3}), detail::gc_rand({2, 3, 3})};
+      c.inputs = {detail::gc_rand({2, 5, 3}), detail::gc_rand({3, 4}), detail::gc_rand({3}),
+                  detail::gc_rand({2, 3, 3})};
       c.fn = [](const TensorList& v) {
         CausalConv1dOptions opt;
         opt.bias = v[2];

@@ -33,8 +33,8 @@ void sigmoid_into(const T* v, T* out, int64_t n) {
 template <class T>
 struct Conv {
   const T* x;
-  const T* win;  // may be null: zeros before t = 0
-  const T* bias;  // may be null
+  const T* win;       // may be null: zeros before t = 0
+  const T* bias;      // may be null
   std::vector<T> wt;  // (K, C)
   int64_t L, C, K;
 

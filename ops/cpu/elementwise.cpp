@@ -122,21 +122,46 @@ void f32_row_vec(float* o, const float* a, int64_t n, F vf, UnaryOp op) {
 bool unary_f32_row(UnaryOp op, float* o, const float* a, int64_t n, const Params& p) {
   const float lo = static_cast<float>(p.p0), hi = static_cast<float>(p.p1);
   switch (op) {
-    case UnaryOp::exp: f32_row_vec(o, a, n, [](simd::Vec v) { return simd::exp(v); }, op); return true;
-    case UnaryOp::sigmoid: f32_row_vec(o, a, n, [](simd::Vec v) { return simd::sigmoid(v); }, op); return true;
-    case UnaryOp::silu: f32_row_vec(o, a, n, [](simd::Vec v) { return simd::silu(v); }, op); return true;
-    case UnaryOp::neg: f32_row(o, a, n, [](float v) { return -v; }); return true;
-    case UnaryOp::abs: f32_row(o, a, n, [](float v) { return std::fabs(v); }); return true;
-    case UnaryOp::square: f32_row(o, a, n, [](float v) { return v * v; }); return true;
-    case UnaryOp::sqrt: f32_row(o, a, n, [](float v) { return std::sqrt(v); }); return true;
-    case UnaryOp::rsqrt: f32_row(o, a, n, [](float v) { return 1.0f / std::sqrt(v); }); return true;
-    case UnaryOp::reciprocal: f32_row(o, a, n, [](float v) { return 1.0f / v; }); return true;
-    case UnaryOp::relu: f32_row(o, a, n, [](float v) { return v > 0.0f || v != v ? v : 0.0f; }); return true;
+    case UnaryOp::exp:
+      f32_row_vec(
+          o, a, n, [](simd::Vec v) { return simd::exp(v); }, op);
+      return true;
+    case UnaryOp::sigmoid:
+      f32_row_vec(
+          o, a, n, [](simd::Vec v) { return simd::sigmoid(v); }, op);
+      return true;
+    case UnaryOp::silu:
+      f32_row_vec(
+          o, a, n, [](simd::Vec v) { return simd::silu(v); }, op);
+      return true;
+    case UnaryOp::neg:
+      f32_row(o, a, n, [](float v) { return -v; });
+      return true;
+    case UnaryOp::abs:
+      f32_row(o, a, n, [](float v) { return std::fabs(v); });
+      return true;
+    case UnaryOp::square:
+      f32_row(o, a, n, [](float v) { return v * v; });
+      return true;
+    case UnaryOp::sqrt:
+      f32_row(o, a, n, [](float v) { return std::sqrt(v); });
+      return true;
+    case UnaryOp::rsqrt:
+      f32_row(o, a, n, [](float v) { return 1.0f / std::sqrt(v); });
+      return true;
+    case UnaryOp::reciprocal:
+      f32_row(o, a, n, [](float v) { return 1.0f / v; });
+      return true;
+    case UnaryOp::relu:
+      f32_row(o, a, n, [](float v) { return v > 0.0f || v != v ? v : 0.0f; });
+      return true;
     case UnaryOp::clamp:
       if (std::isnan(p.p0) || std::isnan(p.p1)) return false;  // one-sided: scalar path
-      f32_row(o, a, n, [lo, hi](float v) { return v != v ? v : (v < lo ? lo : (v > hi ? hi : v)); });
+      f32_row(o, a, n,
+              [lo, hi](float v) { return v != v ? v : (v < lo ? lo : (v > hi ? hi : v)); });
       return true;
-    default: return false;
+    default:
+      return false;
   }
 }
 
@@ -184,8 +209,8 @@ void unary_kernel(UnaryOp op, const Tensor& out, const Tensor& in, double p0, do
       ElemLoop L = make_loop({out, in});
       run_loop(L, [&](char** p, const int64_t* s, int64_t n) {
         if (s[0] == 4 && s[1] == 4 &&
-            unary_f32_row(op, reinterpret_cast<float*>(p[0]), reinterpret_cast<const float*>(p[1]), n,
-                          prm))
+            unary_f32_row(op, reinterpret_cast<float*>(p[0]), reinterpret_cast<const float*>(p[1]),
+                          n, prm))
           return;
         for (int64_t i = 0; i < n; ++i)
           *reinterpret_cast<float*>(p[0] + i * s[0]) =

@@ -184,8 +184,8 @@ using CausalConvKernel = void (*)(const Tensor& y, const Tensor& x, const Tensor
                                   const Tensor& bias, const Tensor& window, bool silu);
 using CausalConvBackwardKernel = void (*)(const Tensor& dx, const Tensor& dw, const Tensor& dbias,
                                           const Tensor& dwindow, const Tensor& dy, const Tensor& x,
-                                          const Tensor& w, const Tensor& bias,
-                                          const Tensor& window, bool silu);
+                                          const Tensor& w, const Tensor& bias, const Tensor& window,
+                                          bool silu);
 namespace cpu {
 void causal_conv_kernel(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bias,
                         const Tensor& window, bool silu);

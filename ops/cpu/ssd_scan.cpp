@@ -492,11 +492,11 @@ struct Ssd {
   }
 
   // Two steps per sweep of the state (t0 then t1), each element loaded and stored once: the same
-  // operations in the same order as two calls of the one-step kernels (a multiply by m = 1 is exact).
+  // operations in the same order as two calls of the one-step kernels (a multiply by m = 1 is
+  // exact).
   template <int K, bool kMul>
   static void bwd1_pair_slab(T* s, int64_t Np, int64_t P, const T* b0p, const T* b1p, T m0, T m1,
-                             const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0,
-                             T* o1) {
+                             const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0, T* o1) {
     Vec b0[K], b1[K], a0[K], a1[K];
     for (int k = 0; k < K; ++k) {
       b0[k] = load(b0p + k * W);
@@ -524,9 +524,9 @@ struct Ssd {
     }
   }
   template <int K, bool kMul>
-  static void bwd2_pair_slab(T* gs, int64_t Np, int64_t P, const T* b0p, const T* c0p,
-                             const T* b1p, const T* c1p, T m0, T m1, const T* xs0, const T* xs1,
-                             const T* gy0, const T* gy1, T* o0, T* o1, T* w0, T* w1, bool first) {
+  static void bwd2_pair_slab(T* gs, int64_t Np, int64_t P, const T* b0p, const T* c0p, const T* b1p,
+                             const T* c1p, T m0, T m1, const T* xs0, const T* xs1, const T* gy0,
+                             const T* gy1, T* o0, T* o1, T* w0, T* w1, bool first) {
     Vec b0[K], b1[K], a0[K], a1[K];
     for (int k = 0; k < K; ++k) {
       b0[k] = load(b0p + k * W);
@@ -571,10 +571,10 @@ struct Ssd {
     const int64_t nv = Np / W;
     for (int64_t j = 0; j < nv; j += kPairSlab) {
       const int64_t jw = j * W;
-#define COIL_SSD_PAIR1(K)                                                                   \
-  case K:                                                                                   \
+#define COIL_SSD_PAIR1(K)                                                                    \
+  case K:                                                                                    \
     bwd1_pair_slab<K, kMul>(state + jw, Np, P, b0 + jw, b1 + jw, m0, m1, xs0, xs1, gy0, gy1, \
-                            o0 + jw, o1 + jw);                                              \
+                            o0 + jw, o1 + jw);                                               \
     break;
       switch (std::min<int64_t>(kPairSlab, nv - j)) {
         COIL_SSD_PAIR1(1)
@@ -593,10 +593,10 @@ struct Ssd {
     for (int64_t j = 0; j < nv; j += kPairSlab) {
       const int64_t jw = j * W;
       const bool first = j == 0;
-#define COIL_SSD_PAIR2(K)                                                                        \
-  case K:                                                                                        \
+#define COIL_SSD_PAIR2(K)                                                                       \
+  case K:                                                                                       \
     bwd2_pair_slab<K, kMul>(state + jw, Np, P, b0 + jw, c0 + jw, b1 + jw, c1 + jw, m0, m1, xs0, \
-                            xs1, gy0, gy1, o0 + jw, o1 + jw, w0, w1, first);                     \
+                            xs1, gy0, gy1, o0 + jw, o1 + jw, w0, w1, first);                    \
     break;
       switch (std::min<int64_t>(kPairSlab, nv - j)) {
         COIL_SSD_PAIR2(1)
@@ -773,9 +773,9 @@ struct Ssd {
       T *xs, *gy, *out, *bp, *cp;
       const T *bt, *ct;
     };
-    Step1 st1[2] = {{xs, gy, out, bp, cp, nullptr, nullptr},
-                    {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), sc.bp2.get(), sc.cp2.get(), nullptr,
-                     nullptr}};
+    Step1 st1[2] = {
+        {xs, gy, out, bp, cp, nullptr, nullptr},
+        {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), sc.bp2.get(), sc.cp2.get(), nullptr, nullptr}};
     auto pre1 = [&](int64_t t, Step1& u1) {
       const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
       if (t + kPrefetchSteps < L) {

@@ -4,9 +4,15 @@
 using namespace coil;
 
 namespace {
-const ScanCombine kAdd = [](const TensorList& a, const TensorList& b) { return TensorList{a[0] + b[0]}; };
-const ScanCombine kMul = [](const TensorList& a, const TensorList& b) { return TensorList{a[0] * b[0]}; };
-const ScanCombine kMax = [](const TensorList& a, const TensorList& b) { return TensorList{maximum(a[0], b[0])}; };
+const ScanCombine kAdd = [](const TensorList& a, const TensorList& b) {
+  return TensorList{a[0] + b[0]};
+};
+const ScanCombine kMul = [](const TensorList& a, const TensorList& b) {
+  return TensorList{a[0] * b[0]};
+};
+const ScanCombine kMax = [](const TensorList& a, const TensorList& b) {
+  return TensorList{maximum(a[0], b[0])};
+};
 // h_t = a_t h_{t-1} + b_t
 const ScanCombine kLinear = [](const TensorList& x, const TensorList& y) {
   return TensorList{x[0] * y[0], y[0] * x[1] + y[1]};
@@ -19,7 +25,8 @@ const ScanCombine kMatmul = [](const TensorList& x, const TensorList& y) {
 
 // Sequential scan along dim 1 of (2, n, 3) tuples with a scalar combine.
 using Elem = std::vector<double>;
-std::vector<std::vector<double>> seq_scan(const TensorList& xs, const std::function<Elem(const Elem&, const Elem&)>& f,
+std::vector<std::vector<double>> seq_scan(const TensorList& xs,
+                                          const std::function<Elem(const Elem&, const Elem&)>& f,
                                           bool reverse) {
   const Shape s = xs[0].sizes();
   std::vector<std::vector<double>> v;
@@ -53,23 +60,32 @@ TEST_SUITE("ops.scan") {
                          const std::function<Elem(const Elem&, const Elem&)>& f, const char* what) {
           TensorList got = associative_scan(comb, xs, 1, rev);
           auto ref = seq_scan(xs, f, rev);
-          for (size_t j = 0; j < xs.size(); ++j) ct::check_close(got[j], ref[j], 1e-12, 1e-12, what);
+          for (size_t j = 0; j < xs.size(); ++j)
+            ct::check_close(got[j], ref[j], 1e-12, 1e-12, what);
         };
-        check(kAdd, {x}, [](const Elem& a, const Elem& b) { return Elem{a[0] + b[0]}; }, "cumsum");
-        check(kMul, {x}, [](const Elem& a, const Elem& b) { return Elem{a[0] * b[0]}; }, "cumprod");
-        check(kMax, {ct::rnd({2, n, 3}, kF64)}, [](const Elem& a, const Elem& b) { return Elem{std::max(a[0], b[0])}; },
-              "running max");
+        check(
+            kAdd, {x}, [](const Elem& a, const Elem& b) { return Elem{a[0] + b[0]}; }, "cumsum");
+        check(
+            kMul, {x}, [](const Elem& a, const Elem& b) { return Elem{a[0] * b[0]}; }, "cumprod");
+        check(
+            kMax, {ct::rnd({2, n, 3}, kF64)},
+            [](const Elem& a, const Elem& b) { return Elem{std::max(a[0], b[0])}; }, "running max");
         Tensor a = ct::rnd({2, n, 3}, kF64, 0.5, 1), bb = ct::rnd({2, n, 3}, kF64);
-        check(kLinear, {a, bb}, [](const Elem& p, const Elem& q) { return Elem{p[0] * q[0], q[0] * p[1] + q[1]}; },
-              "linear recurrence");
+        check(
+            kLinear, {a, bb},
+            [](const Elem& p, const Elem& q) {
+              return Elem{p[0] * q[0], q[0] * p[1] + q[1]};
+            },
+            "linear recurrence");
         TensorList m = {ct::rnd({2, n, 3}, kF64, -0.7, 0.7), ct::rnd({2, n, 3}, kF64, -0.7, 0.7),
                         ct::rnd({2, n, 3}, kF64, -0.7, 0.7), ct::rnd({2, n, 3}, kF64, -0.7, 0.7)};
-        check(kMatmul, m,
-              [](const Elem& p, const Elem& q) {
-                return Elem{p[0] * q[0] + p[1] * q[2], p[0] * q[1] + p[1] * q[3], p[2] * q[0] + p[3] * q[2],
-                            p[2] * q[1] + p[3] * q[3]};
-              },
-              "2x2 matrix product");
+        check(
+            kMatmul, m,
+            [](const Elem& p, const Elem& q) {
+              return Elem{p[0] * q[0] + p[1] * q[2], p[0] * q[1] + p[1] * q[3],
+                          p[2] * q[0] + p[3] * q[2], p[2] * q[1] + p[3] * q[3]};
+            },
+            "2x2 matrix product");
       }
     }
     // the cumsum combine agrees with the cumsum op, in f32, along another dim
@@ -78,11 +94,16 @@ TEST_SUITE("ops.scan") {
   }
 
   TEST_CASE("associative_scan is differentiable") {
-    Tensor a = ct::rnd({1, 7, 2}, kF64, 0.5, 1).requires_grad_(), b = ct::rnd({1, 7, 2}, kF64).requires_grad_();
+    Tensor a = ct::rnd({1, 7, 2}, kF64, 0.5, 1).requires_grad_(),
+           b = ct::rnd({1, 7, 2}, kF64).requires_grad_();
     for (bool rev : {false, true})
-      ct::check_gradcheck([rev](const TensorList& v) { return associative_scan(kLinear, {v[0], v[1]}, 1, rev)[1]; },
-                          {a, b});
-    Tensor m0 = ct::rnd({1, 5, 1}, kF64).requires_grad_(), m1 = ct::rnd({1, 5, 1}, kF64).requires_grad_();
+      ct::check_gradcheck(
+          [rev](const TensorList& v) {
+            return associative_scan(kLinear, {v[0], v[1]}, 1, rev)[1];
+          },
+          {a, b});
+    Tensor m0 = ct::rnd({1, 5, 1}, kF64).requires_grad_(),
+           m1 = ct::rnd({1, 5, 1}, kF64).requires_grad_();
     ct::check_gradcheck(
         [](const TensorList& v) {
           TensorList r = associative_scan(kMatmul, {v[0], v[1], v[1] * 0.5, v[0] * -1.0}, 1);
@@ -93,26 +114,36 @@ TEST_SUITE("ops.scan") {
 
   TEST_CASE("associative_scan errors") {
     ct::check_error([] { associative_scan(kAdd, {}, 0); }, {"associative_scan", "empty"});
-    ct::check_error([] { associative_scan(kAdd, {ones({2}), ones({3})}, 0); }, {"associative_scan", "[2]", "[3]"});
+    ct::check_error(
+        [] {
+          associative_scan(kAdd, {ones({2}), ones({3})}, 0);
+        },
+        {"associative_scan", "[2]", "[3]"});
     ct::check_error([] { associative_scan(kAdd, {ones({2})}, 1); }, {"associative_scan", "dim 1"});
     ScanCombine bad = [](const TensorList& a, const TensorList&) { return TensorList{a[0].sum()}; };
-    ct::check_error([&] { associative_scan(bad, {ones({4})}, 0); }, {"associative_scan", "combine returned shape"});
+    ct::check_error([&] { associative_scan(bad, {ones({4})}, 0); },
+                    {"associative_scan", "combine returned shape"});
   }
 }
 
 namespace {
 // y[b,t,c] = bias[c] + sum_k w[c,k] * in[b, t+k-K+1, c] over [window; x], then silu.
-std::vector<double> ref_conv(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& win, bool silu) {
+std::vector<double> ref_conv(const Tensor& x, const Tensor& w, const Tensor& bias,
+                             const Tensor& win, bool silu) {
   const int64_t B = x.size(0), L = x.size(1), C = x.size(2), K = w.size(1);
-  std::vector<double> xv = ct::vals(x), wv = ct::vals(w), bv = bias.defined() ? ct::vals(bias) : std::vector<double>(C, 0),
-                      winv = win.defined() ? ct::vals(win) : std::vector<double>(B * (K - 1) * C, 0), y;
+  std::vector<double> xv = ct::vals(x), wv = ct::vals(w),
+                      bv = bias.defined() ? ct::vals(bias) : std::vector<double>(C, 0),
+                      winv =
+                          win.defined() ? ct::vals(win) : std::vector<double>(B * (K - 1) * C, 0),
+                      y;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < L; ++t)
       for (int64_t c = 0; c < C; ++c) {
         double s = bv[c];
         for (int64_t k = 0; k < K; ++k) {
           int64_t src = t + k - (K - 1);
-          double in = src >= 0 ? xv[(b * L + src) * C + c] : winv[(b * (K - 1) + (K - 1 + src)) * C + c];
+          double in =
+              src >= 0 ? xv[(b * L + src) * C + c] : winv[(b * (K - 1) + (K - 1 + src)) * C + c];
           s += wv[c * K + k] * in;
         }
         y.push_back(silu ? s / (1 + std::exp(-s)) : s);
@@ -127,7 +158,8 @@ TEST_SUITE("ops.scan") {
     struct Case {
       int64_t B, L, C, K;
     };
-    for (Case cs : {Case{1, 1, 1, 1}, Case{2, 5, 3, 4}, Case{2, 2, 17, 4}, Case{1, 300, 70, 4}, Case{3, 9, 129, 2}}) {
+    for (Case cs : {Case{1, 1, 1, 1}, Case{2, 5, 3, 4}, Case{2, 2, 17, 4}, Case{1, 300, 70, 4},
+                    Case{3, 9, 129, 2}}) {
       for (bool with_bias : {false, true})
         for (bool with_win : {false, true})
           for (bool silu : {false, true})
@@ -155,8 +187,8 @@ TEST_SUITE("ops.scan") {
   }
 
   TEST_CASE("causal_conv1d: split sequence with the window equals the whole; gradients") {
-    Tensor x = ct::rnd({2, 11, 6}, kF64).requires_grad_(), w = ct::rnd({6, 4}, kF64).requires_grad_(),
-           b = ct::rnd({6}, kF64).requires_grad_();
+    Tensor x = ct::rnd({2, 11, 6}, kF64).requires_grad_(),
+           w = ct::rnd({6, 4}, kF64).requires_grad_(), b = ct::rnd({6}, kF64).requires_grad_();
     CausalConv1dOptions o;
     o.bias = b;
     Tensor whole = causal_conv1d(x, w, o).first;
@@ -184,23 +216,46 @@ TEST_SUITE("ops.scan") {
     }
     GradcheckCase c = op_info("causal_conv1d").gradcheck();
     ct::check_gradcheck(c.fn, c.inputs);
-    Tensor x2 = ct::rnd({1, 3, 2}, kF64).requires_grad_(), w2 = ct::rnd({2, 3}, kF64).requires_grad_();
-    ct::check_gradcheck([](const TensorList& v) {
-      CausalConv1dOptions o2;
-      o2.activation_silu = false;
-      return causal_conv1d(v[0].transpose(0, 1).transpose(0, 1), v[1], o2).first;
-    }, {x2, w2});
+    Tensor x2 = ct::rnd({1, 3, 2}, kF64).requires_grad_(),
+           w2 = ct::rnd({2, 3}, kF64).requires_grad_();
+    ct::check_gradcheck(
+        [](const TensorList& v) {
+          CausalConv1dOptions o2;
+          o2.activation_silu = false;
+          return causal_conv1d(v[0].transpose(0, 1).transpose(0, 1), v[1], o2).first;
+        },
+        {x2, w2});
   }
 
   TEST_CASE("causal_conv1d errors name the argument") {
-    ct::check_error([] { causal_conv1d(ones({2, 3}), ones({3, 4})); }, {"causal_conv1d", "x", "[2, 3]"});
-    ct::check_error([] { causal_conv1d(ones({1, 2, 3}), ones({4, 4})); }, {"causal_conv1d", "weight", "[4, 4]"});
+    ct::check_error(
+        [] {
+          causal_conv1d(ones({2, 3}), ones({3, 4}));
+        },
+        {"causal_conv1d", "x", "[2, 3]"});
+    ct::check_error(
+        [] {
+          causal_conv1d(ones({1, 2, 3}), ones({4, 4}));
+        },
+        {"causal_conv1d", "weight", "[4, 4]"});
     CausalConv1dOptions o;
     o.bias = ones({2});
-    ct::check_error([&] { causal_conv1d(ones({1, 2, 3}), ones({3, 4}), o); }, {"causal_conv1d", "bias", "[2]"});
+    ct::check_error(
+        [&] {
+          causal_conv1d(ones({1, 2, 3}), ones({3, 4}), o);
+        },
+        {"causal_conv1d", "bias", "[2]"});
     CausalConv1dOptions o2;
     o2.initial_window = ones({1, 4, 3});
-    ct::check_error([&] { causal_conv1d(ones({1, 2, 3}), ones({3, 4}), o2); }, {"causal_conv1d", "initial_window", "[1, 4, 3]"});
-    ct::check_error([] { causal_conv1d(ones({1, 2, 3}, kI64), ones({3, 4})); }, {"causal_conv1d", "int64"});
+    ct::check_error(
+        [&] {
+          causal_conv1d(ones({1, 2, 3}), ones({3, 4}), o2);
+        },
+        {"causal_conv1d", "initial_window", "[1, 4, 3]"});
+    ct::check_error(
+        [] {
+          causal_conv1d(ones({1, 2, 3}, kI64), ones({3, 4}));
+        },
+        {"causal_conv1d", "int64"});
   }
 }

@@ -84,7 +84,7 @@ TEST_SUITE("ops.unary") {
     double worst = 0;
     for (size_t i = 0; i + 3 < xs.size(); ++i) {
       if (ref[i] > 3.4e38) continue;  // overflow: checked below
-      if (ref[i] < 1.18e-38) {      // results below FLT_MIN flush to zero
+      if (ref[i] < 1.18e-38) {        // results below FLT_MIN flush to zero
         CHECK(got[i] <= 1.18e-38);
         continue;
       }
