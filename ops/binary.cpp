@@ -38,9 +38,12 @@ Tensor grad_add(const Tensor& g, const Shape& shape, double scale) {
   return sum_to(scale == 1 ? g : g * scale, shape);
 }
 
+// The op-table row of each BinaryOp, filled at registration: no lookup by name per call.
+const OpInfo* g_rows[static_cast<int>(BinaryOp::ge) + 1];
+
 Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor& b,
                     double alpha = 1) {
-  const OpInfo& op = op_info(name);
+  const OpInfo& op = *g_rows[static_cast<int>(id)];
   if (any_distributed({&a, &b})) return dist_dispatch(op, {a, b}, {{"alpha", alpha}})[0];
   Tensor out = binary_forward(op, id, a, b, alpha);
   if (!is_compare(id) && is_floating(out.dtype()) && needs_grad({&a, &b})) {
@@ -142,7 +145,7 @@ Tensor& apply_inplace(const char* name, BinaryOp id, Tensor& a, const Tensor& b,
     a.impl().output_nr = r.impl().output_nr;
     return a;
   }
-  const OpInfo& op = op_info(name);
+  const OpInfo& op = *g_rows[static_cast<int>(id)];
   DType ct = compute_dtype(rt);
   if (a.dtype() == ct && a.is_contiguous()) {
     kernel_for<BinaryKernel>(op, a.device())(id, a, a, detail::as_compute(b, ct), alpha);
@@ -289,6 +292,7 @@ void register_binary() {
   };
   for (const Row& r : rows) {
     OpInfo& o = register_op(r.name, "binary");
+    g_rows[static_cast<int>(r.id)] = &o;
     o.set_kernel(kCPU, &cpu::binary_kernel);
     o.differentiable = r.diff;
     const char* name = r.name;

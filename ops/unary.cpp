@@ -2,6 +2,7 @@
 #include "unary.h"
 
 #include <cmath>
+#include <iterator>
 
 #include "binary.h"
 #include "copy.h"
@@ -41,8 +42,10 @@ Tensor unary_forward(const OpInfo& op, const UnarySpec& s, const Tensor& x, doub
   return ct == out_t ? out : detail::cast(out, out_t);
 }
 
+const OpInfo& row_of(const UnarySpec& s);  // below, after the spec table
+
 Tensor apply_unary(const UnarySpec& s, const Tensor& x, double p0 = 0, double p1 = 0) {
-  const OpInfo& op = op_info(s.name);
+  const OpInfo& op = row_of(s);
   if (any_distributed({&x})) return dist_dispatch(op, {x}, {{"p0", p0}, {"p1", p1}})[0];
   Tensor out = unary_forward(op, s, x, p0, p1);
   if (s.grad && needs_grad({&x})) {
@@ -149,6 +152,10 @@ const UnarySpec kSpecs[] = {
     {"logical_not", UnaryOp::logical_not, false, nullptr, false, false},
 };
 
+// Each spec's op-table row, filled at registration: no lookup by name on the hot path.
+const OpInfo* g_rows[std::size(kSpecs)];
+const OpInfo& row_of(const UnarySpec& s) { return *g_rows[&s - kSpecs]; }
+
 const UnarySpec& spec(UnaryOp id) {
   for (const UnarySpec& s : kSpecs)
     if (s.id == id) return s;
@@ -208,6 +215,7 @@ namespace {
 void register_unary() {
   for (const UnarySpec& s : kSpecs) {
     OpInfo& o = register_op(s.name, "unary");
+    g_rows[&s - kSpecs] = &o;
     o.set_kernel(kCPU, &cpu::unary_kernel);
     o.differentiable = s.grad != nullptr && s.id != UnaryOp::sign;
     const UnarySpec* sp = &s;
