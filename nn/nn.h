@@ -1,4 +1,7 @@
-// nn: optimizers now; modules and layers come with the Mamba issue.
+// nn: modules, layers, the Mamba models, optimizers.
 #pragma once
 
+#include "layers.h"
+#include "mamba.h"
+#include "module.h"
 #include "optim/optim.h"

@@ -1,5 +1,5 @@
-// CPU random fill. Element i draws from Philox counter (offset + i): results do not depend on
-// how the range is split over threads.
+// CPU random fill. Element i draws from Philox counter (offset + i) (normal: the pair 2j, 2j+1
+// shares counter offset + j): results do not depend on how the range is split over threads.
 #include <cmath>
 
 #include "../../core/parallel.h"
@@ -13,6 +13,27 @@ void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint6
   const int64_t n = out.numel();
   dispatch_dtype(out.dtype(), "random", [&]<class T>() {
     T* o = out.data_ptr<T>();
+    auto store = [o](int64_t i, double v) {
+      if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
+        o[i] = T(static_cast<float>(v));
+      } else {
+        o[i] = static_cast<T>(v);
+      }
+    };
+    if (kind == RandomKind::normal) {
+      // Box-Muller gives two normals per draw: elements 2j and 2j+1 share counter (offset + j).
+      parallel_for(0, (n + 1) / 2, 2048, [&](int64_t lo, int64_t hi) {
+        for (int64_t j = lo; j < hi; ++j) {
+          auto r = philox4x32(seed, offset + static_cast<uint64_t>(j));
+          double u1 = 1.0 - uint_to_unit_f64(r[0], r[1]);  // (0, 1]
+          double u2 = 6.283185307179586 * uint_to_unit_f64(r[2], r[3]);
+          double rad = b * std::sqrt(-2.0 * std::log(u1));
+          store(2 * j, a + rad * std::cos(u2));
+          if (2 * j + 1 < n) store(2 * j + 1, a + rad * std::sin(u2));
+        }
+      });
+      return;
+    }
     parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         auto r = philox4x32(seed, offset + static_cast<uint64_t>(i));
@@ -21,12 +42,8 @@ void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint6
           case RandomKind::uniform:
             v = a + (b - a) * uint_to_unit_f64(r[0], r[1]);
             break;
-          case RandomKind::normal: {                         // Box-Muller on two 53-bit uniforms
-            double u1 = 1.0 - uint_to_unit_f64(r[0], r[1]);  // (0, 1]
-            double u2 = uint_to_unit_f64(r[2], r[3]);
-            v = a + b * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+          case RandomKind::normal:  // handled above
             break;
-          }
           case RandomKind::randint: {
             uint64_t span = static_cast<uint64_t>(b - a);
             uint64_t x = (static_cast<uint64_t>(r[0]) << 32) | r[1];
@@ -37,11 +54,7 @@ void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint6
             v = uint_to_unit_f64(r[0], r[1]) < a ? 1.0 : 0.0;
             break;
         }
-        if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
-          o[i] = T(static_cast<float>(v));
-        } else {
-          o[i] = static_cast<T>(v);
-        }
+        store(i, v);
       }
     });
   });
