@@ -165,11 +165,16 @@ Tensor empty(const Shape& shape, Options o) {
 }
 
 Tensor from_blob(void* data, const Shape& shape, Options o) {
+  return from_blob(data, shape, o, nullptr);
+}
+
+Tensor from_blob(void* data, const Shape& shape, Options o, std::shared_ptr<void> owner) {
   for (int64_t s : shape)
     COIL_CHECK(s >= 0, "from_blob: negative size in shape ", coil::shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<StorageImpl>(
       data, static_cast<size_t>(shape_numel(shape)) * dtype_size(o.dtype), o.device);
+  impl->storage->keep_alive = std::move(owner);
   impl->sizes = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = o.dtype;

@@ -33,6 +33,9 @@ struct StorageImpl {
   size_t nbytes = 0;
   Device device;
   bool owned = true;  // false for from_blob memory the user keeps
+  // from_blob with an owner: whatever keeps the memory valid (e.g. a file mapping), released
+  // with the last tensor that views it.
+  std::shared_ptr<void> keep_alive;
   std::atomic<uint32_t> version{0};
   StorageImpl(size_t nbytes, Device device);
   StorageImpl(void* external, size_t nbytes, Device device);
@@ -208,6 +211,9 @@ Tensor empty(const Shape& shape, Options o = {});
 Tensor empty_strided(const Shape& shape, const Shape& strides, Options o = {});
 // Wraps memory the caller owns (no copy); it must outlive every tensor that views it.
 Tensor from_blob(void* data, const Shape& shape, Options o = {});
+// Same, but the storage holds `owner` until its last tensor goes: the memory needs no caller
+// bookkeeping (nn/io's memory-mapped safetensors use it).
+Tensor from_blob(void* data, const Shape& shape, Options o, std::shared_ptr<void> owner);
 // Copies host values into a new tensor: tensor({1.f, 2.f}, {2}).
 template <class T>
 Tensor tensor(const std::vector<T>& values, const Shape& shape, Options o);

@@ -8,12 +8,22 @@
 
 namespace coil::nn {
 
+namespace {
+thread_local bool skip_init = false;
+}
+
+SkipInitGuard::SkipInitGuard() : prev_(skip_init) { skip_init = true; }
+SkipInitGuard::~SkipInitGuard() { skip_init = prev_; }
+bool SkipInitGuard::active() { return skip_init; }
+
 void uniform_init_(Tensor& t, double low, double high) {
+  if (skip_init) return;
   NoGradGuard no_grad;
   uniform_(t, low, high);
 }
 
 void normal_init_(Tensor& t, double mean, double std) {
+  if (skip_init) return;
   NoGradGuard no_grad;
   normal_(t, mean, std);
 }

@@ -70,4 +70,19 @@ class Dropout : public Module {
 void uniform_init_(Tensor& t, double low, double high);
 void normal_init_(Tensor& t, double mean, double std);
 
+// While one is alive on this thread, the random initialisers above leave tensors as they are
+// (uninitialised memory): building a model whose every value is about to be loaded from a file
+// skips the work. Like torch's skip_init / init_empty_weights.
+class SkipInitGuard {
+ public:
+  SkipInitGuard();
+  ~SkipInitGuard();
+  SkipInitGuard(const SkipInitGuard&) = delete;
+  SkipInitGuard& operator=(const SkipInitGuard&) = delete;
+  static bool active();
+
+ private:
+  bool prev_;
+};
+
 }  // namespace coil::nn

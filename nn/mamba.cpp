@@ -92,6 +92,7 @@ void zero_(Tensor& t) {
 
 // out_proj: Linear default, then / sqrt(n_layer) (mamba_ssm's rescale_prenorm_residual).
 void rescale_(Tensor& w, int64_t n_layer) {
+  if (SkipInitGuard::active()) return;
   NoGradGuard no_grad;
   w.mul_(1.0 / std::sqrt(static_cast<double>(n_layer)));
 }

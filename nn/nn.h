@@ -2,6 +2,10 @@
 #pragma once
 
 #include "layers.h"
+#include "lm_trainer.h"
 #include "mamba.h"
 #include "module.h"
+#include "io/file.h"
+#include "io/json.h"
+#include "io/safetensors.h"
 #include "optim/optim.h"

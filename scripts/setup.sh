@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages coil needs (as root), or prints the exact apt-get line to run.
 set -euo pipefail
-packages=(g++ make cmake ninja-build ccache libopenblas-openmp-dev doctest-dev openmpi-bin libopenmpi-dev)
+# fortunes: the demo's default text corpus (plain English, /usr/share/games/fortunes).
+packages=(g++ make cmake ninja-build ccache libopenblas-openmp-dev doctest-dev openmpi-bin libopenmpi-dev
+  fortunes)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,8 +2,12 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
 #include <coil/coil.h>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -86,5 +90,22 @@ inline void check_error(const std::function<void()>& fn,
   }
   FAIL_CHECK("expected coil::Error containing '" << (fragments.empty() ? "" : fragments[0]) << "'");
 }
+
+// A fresh directory under /tmp, removed with everything in it when the test ends.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = std::filesystem::temp_directory_path() /
+           ("coil_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
 
 }  // namespace ct

@@ -3,6 +3,8 @@
 // last or second-last stride is 1 goes to BLAS as is (NoTrans or Trans); others are copied.
 #include <cblas.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../../core/parallel.h"
@@ -42,6 +44,35 @@ void gemm_one(int64_t n, int64_t m, int64_t k, const T* a, MatView va, const T* 
                 0.0, c, static_cast<int>(m));
   }
 }
+
+// OpenBLAS's DYNAMIC_ARCH picks its kernels when it loads. Debian's 0.3.21 does not know CPUs
+// newer than it (this machine's family 6 model 207 among them) and falls back to "Prescott",
+// its SSE3 kernels, 3.5-5x slower than the AVX-512 ones. When that happened and the user did not
+// choose a core with OPENBLAS_CORETYPE, select again for the instructions the CPU has. It runs
+// before any BLAS call, from coil's load, so no BLAS buffer exists yet.
+extern "C" void gotoblas_dynamic_init(void);
+extern "C" void gotoblas_dynamic_quit(void);
+
+struct BlasCoreSelect {
+  BlasCoreSelect() {
+    if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("COIL_KEEP_BLAS_CORE")) return;
+    const char* name = openblas_get_corename();
+    if (!name || strcasecmp(name, "prescott") != 0) return;
+    __builtin_cpu_init();
+    const char* want = nullptr;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      want = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      want = "Haswell";
+    if (!want) return;
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+    unsetenv("OPENBLAS_CORETYPE");
+  }
+};
+const BlasCoreSelect blas_core_select;
 
 }  // namespace
 

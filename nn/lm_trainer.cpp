@@ -1,0 +1,203 @@
+#include "lm_trainer.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "../autograd/autograd.h"
+#include "../core/error.h"
+#include "../core/rng.h"
+#include "../ops/ops.h"
+#include "io/file.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+
+namespace coil::nn {
+
+// ---- data ----
+
+ByteCorpus ByteCorpus::open(const std::string& path, double val_fraction) {
+  namespace fs = std::filesystem;
+  COIL_CHECK(val_fraction > 0 && val_fraction < 1,
+             "ByteCorpus: val_fraction must be in (0, 1), got ", val_fraction);
+  ByteCorpus c;
+  c.path_ = path;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    std::vector<fs::path> files;
+    for (auto& e : fs::directory_iterator(path, ec))
+      if (e.is_regular_file() && !e.is_symlink() && e.path().extension() != ".dat")
+        files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    auto text = std::make_shared<std::string>();
+    for (auto& f : files) *text += io::read_file(f.string());
+    c.data_ = reinterpret_cast<const uint8_t*>(text->data());
+    c.size_ = static_cast<int64_t>(text->size());
+    c.keep_ = text;
+  } else {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    COIL_CHECK(fd >= 0, "ByteCorpus: cannot open '", path, "'");
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+      ::close(fd);
+      fail("ByteCorpus: '", path, "' is empty or unreadable");
+    }
+    void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    COIL_CHECK(p != MAP_FAILED, "ByteCorpus: cannot map '", path, "'");
+    const size_t n = static_cast<size_t>(st.st_size);
+    c.keep_ = std::shared_ptr<void>(p, [n](void* q) { munmap(q, n); });
+    c.data_ = static_cast<const uint8_t*>(p);
+    c.size_ = static_cast<int64_t>(n);
+  }
+  c.train_size_ = static_cast<int64_t>(std::llround(c.size_ * (1 - val_fraction)));
+  return c;
+}
+
+Tensor ByteCorpus::batch(bool validation, int64_t batch, int64_t L, uint64_t seed,
+                         int64_t index) const {
+  const int64_t base = validation ? train_size_ : 0;
+  const int64_t n = validation ? val_size() : train_size_;
+  COIL_CHECK(batch > 0 && L > 0, "ByteCorpus::batch: batch ", batch, " and L ", L,
+             " must be positive");
+  COIL_CHECK(n > L + 1, "ByteCorpus::batch: the ", validation ? "validation" : "training",
+             " split of '", path_, "' has ", n, " bytes, too few for windows of ", L + 1);
+  Tensor out = empty({batch, L + 1}, kI64);
+  int64_t* o = out.data_ptr<int64_t>();
+  const uint64_t span = static_cast<uint64_t>(n - L - 1) + 1;
+  for (int64_t b = 0; b < batch; ++b) {
+    auto r = philox4x32(seed, static_cast<uint64_t>(index * batch + b));
+    uint64_t start = ((static_cast<uint64_t>(r[0]) << 32) | r[1]) % span;
+    const uint8_t* src = data_ + base + start;
+    for (int64_t t = 0; t <= L; ++t) o[b * (L + 1) + t] = src[t];
+  }
+  return out;
+}
+
+// ---- training ----
+
+LMTrainer::LMTrainer(std::shared_ptr<MambaLM> model, ByteCorpus data, TrainOptions options)
+    : model_(std::move(model)), data_(std::move(data)), o_(options) {
+  COIL_CHECK(model_ != nullptr, "LMTrainer: model is null");
+  auto groups = model_->weight_decay_groups();
+  optim::AdamWOptions ao;
+  ao.lr = o_.lr;
+  ao.beta1 = o_.beta1;
+  ao.beta2 = o_.beta2;
+  ao.weight_decay = o_.weight_decay;
+  std::vector<optim::ParamGroup> pg(2);
+  pg[0].params = groups.decay;
+  pg[1].params = groups.no_decay;
+  pg[1].weight_decay = 0;
+  opt_ = std::make_unique<optim::AdamW>(pg, ao);
+  sched_ = std::make_unique<optim::LRScheduler>(
+      *opt_, optim::LRSchedule::cosine(o_.warmup_steps, o_.total_steps, o_.min_lr_ratio));
+}
+
+namespace {
+Tensor lm_loss(const MambaLM& m, const Tensor& window) {
+  const int64_t b = window.size(0), L = window.size(1) - 1;
+  Tensor logits = m.forward(window.narrow(1, 0, L));
+  return cross_entropy(logits.reshape({b * L, logits.size(2)}),
+                       window.narrow(1, 1, L).reshape({b * L}));
+}
+}  // namespace
+
+double LMTrainer::train_step() {
+  model_->train();
+  Tensor w = data_.batch(false, o_.batch, o_.seq_len, o_.data_seed, step_);
+  Tensor loss = lm_loss(*model_, w);
+  opt_->zero_grad();
+  loss.backward();
+  if (o_.grad_clip > 0) optim::clip_grad_norm_(model_->parameters(), o_.grad_clip);
+  opt_->step();
+  sched_->step();
+  ++step_;
+  return loss.item<double>();
+}
+
+double LMTrainer::evaluate(int64_t batches) const {
+  NoGradGuard no_grad;
+  model_->eval();
+  double total = 0;
+  for (int64_t i = 0; i < batches; ++i)
+    total += lm_loss(*model_, data_.batch(true, o_.batch, o_.seq_len, o_.data_seed + 1, i))
+                 .item<double>();
+  model_->train();
+  return total / static_cast<double>(std::max<int64_t>(1, batches));
+}
+
+void LMTrainer::save_checkpoint(const std::string& path) const {
+  io::NamedTensors tensors;
+  std::vector<const StorageImpl*> seen;  // a tied head is stored once
+  for (auto& [name, t] : model_->state_dict()) {
+    const StorageImpl* s = t.impl_ptr()->storage.get();
+    if (std::find(seen.begin(), seen.end(), s) != seen.end()) continue;
+    seen.push_back(s);
+    tensors.emplace_back("model." + name, t);
+  }
+  for (auto& [name, t] : opt_->state_dict()) tensors.emplace_back("optim." + name, t);
+  RngState rng = get_rng_state();
+  io::Metadata meta = {{"format", "coil.lm_checkpoint"},
+                       {"format_version", std::to_string(kCheckpointVersion)},
+                       {"step", std::to_string(step_)},
+                       {"data_position", std::to_string(step_)},
+                       {"data_seed", std::to_string(o_.data_seed)},
+                       {"rng_seed", std::to_string(rng.seed)},
+                       {"rng_offset", std::to_string(rng.offset)},
+                       {"scheduler_step", std::to_string(sched_->last_step())},
+                       {"config", model_->config().to_json()}};
+  io::save_safetensors(path, tensors, meta);
+}
+
+void LMTrainer::load_checkpoint(const std::string& path) {
+  io::SafetensorsFile f = io::load_safetensors(path);
+  auto meta = [&](const std::string& key) -> std::string {
+    for (auto& [k, v] : f.metadata)
+      if (k == key) return v;
+    fail("LMTrainer::load_checkpoint: '", path, "' has no '", key, "' in its metadata");
+  };
+  auto as_u64 = [&](const std::string& key) {
+    const std::string s = meta(key);
+    try {
+      size_t used = 0;
+      unsigned long long v = std::stoull(s, &used);
+      COIL_CHECK(used == s.size(), "trailing characters");
+      return static_cast<uint64_t>(v);
+    } catch (const std::exception&) {
+      fail("LMTrainer::load_checkpoint: '", path, "': ", key, " is not a number: '", s, "'");
+    }
+  };
+  COIL_CHECK(meta("format") == "coil.lm_checkpoint", "LMTrainer::load_checkpoint: '", path,
+             "' is not a coil training checkpoint (format '", meta("format"), "')");
+  const uint64_t version = as_u64("format_version");
+  COIL_CHECK(version == kCheckpointVersion, "LMTrainer::load_checkpoint: '", path,
+             "' has format_version ", version, ", this coil reads ", kCheckpointVersion);
+  NamedTensors model_state;
+  optim::StateDict optim_state;
+  for (auto& [name, t] : f.tensors) {
+    if (name.rfind("model.", 0) == 0)
+      model_state.emplace_back(name.substr(6), t);
+    else if (name.rfind("optim.", 0) == 0)
+      optim_state.emplace_back(name.substr(6), t);
+    else
+      fail("LMTrainer::load_checkpoint: '", path, "': unexpected tensor '", name, "'");
+  }
+  try {
+    model_->load_state_dict(model_state, /*strict=*/true);
+    opt_->load_state_dict(optim_state);
+  } catch (const Error& e) {
+    fail("LMTrainer::load_checkpoint: '", path, "': ", e.what());
+  }
+  step_ = static_cast<int64_t>(as_u64("step"));
+  o_.data_seed = as_u64("data_seed");
+  sched_->set_step(static_cast<int64_t>(as_u64("scheduler_step")));
+  set_rng_state({as_u64("rng_seed"), as_u64("rng_offset")});
+}
+
+}  // namespace coil::nn

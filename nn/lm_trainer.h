@@ -1,0 +1,79 @@
+// Training a byte-level language model: the data (a memory-mapped text file split into train
+// and validation), the loop (AdamW with the papers' recipe, warmup + cosine, gradient clipping)
+// and resumable checkpoints. examples/train_lm is a command line around these.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "mamba.h"
+#include "optim/optim.h"
+
+namespace coil::nn {
+
+// Bytes of a text file (mapped read-only) or of every file of a directory (read and joined, in
+// name order, skipping symlinks and fortune's *.dat indexes). The first (1 - val_fraction) of the
+// bytes train, the rest validate.
+class ByteCorpus {
+ public:
+  static ByteCorpus open(const std::string& path, double val_fraction = 0.05);
+  int64_t size() const { return size_; }
+  int64_t train_size() const { return train_size_; }
+  int64_t val_size() const { return size_ - train_size_; }
+  const uint8_t* data() const { return data_; }
+  const std::string& path() const { return path_; }
+  // Batch number `index` of random windows of L + 1 bytes from one split: (batch, L + 1) int64.
+  // Window starts come from Philox(seed, counter), so a batch depends only on (seed, index):
+  // the data position of a run is the index of its next batch.
+  Tensor batch(bool validation, int64_t batch, int64_t L, uint64_t seed, int64_t index) const;
+
+ private:
+  std::shared_ptr<void> keep_;  // the mapping or the joined bytes
+  const uint8_t* data_ = nullptr;
+  int64_t size_ = 0, train_size_ = 0;
+  std::string path_;
+};
+
+struct TrainOptions {
+  int64_t batch = 16;
+  int64_t seq_len = 256;
+  int64_t total_steps = 1000;  // the schedule's length
+  int64_t warmup_steps = 50;
+  double lr = 3e-3;
+  double min_lr_ratio = 0.1;
+  double weight_decay = 0.1;
+  double beta1 = 0.9, beta2 = 0.95;
+  double grad_clip = 1.0;
+  uint64_t data_seed = 1234;
+};
+
+class LMTrainer {
+ public:
+  LMTrainer(std::shared_ptr<MambaLM> model, ByteCorpus data, TrainOptions options);
+  // One optimizer step on the next training batch; returns its loss in nats per byte.
+  double train_step();
+  // Mean validation loss (nats per byte) over `batches` fixed validation batches.
+  double evaluate(int64_t batches) const;
+  int64_t step() const { return step_; }
+  double lr() const { return opt_->lr(); }
+  int64_t tokens_per_step() const { return o_.batch * o_.seq_len; }
+  MambaLM& model() const { return *model_; }
+  const TrainOptions& options() const { return o_; }
+
+  // Model, optimizer, RNG, data position, step and options in one safetensors file with a
+  // format version, written to a temporary name, flushed and renamed.
+  void save_checkpoint(const std::string& path) const;
+  // Restores everything save_checkpoint wrote: the following steps give bit-identical losses
+  // to a run that was never interrupted.
+  void load_checkpoint(const std::string& path);
+  static constexpr int64_t kCheckpointVersion = 1;
+
+ private:
+  std::shared_ptr<MambaLM> model_;
+  ByteCorpus data_;
+  TrainOptions o_;
+  std::unique_ptr<optim::AdamW> opt_;
+  std::unique_ptr<optim::LRScheduler> sched_;
+  int64_t step_ = 0;
+};
+
+}  // namespace coil::nn
