@@ -17,8 +17,11 @@ configure: setup
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# Trains a byte-level Mamba LM on Debian's fortunes for at most 5 minutes, writes runs/demo and
+# prints generated text. DEMO_ARGS passes options (make demo DEMO_ARGS="--mixer mamba2").
+DEMO_ARGS ?=
 demo: build
-	./$(BUILD)/examples/quickstart
+	./$(BUILD)/examples/train_lm --out runs/demo $(DEMO_ARGS)
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -31,9 +31,35 @@ bool blas_view(int64_t rows, int64_t cols, int64_t s_row, int64_t s_col, MatView
   return false;
 }
 
+// A product with one row or one column is a matrix-vector product: gemv streams the matrix
+// once, where gemm would first pack it (decoding a token is all such products).
+template <class T>
+void gemv_one(CBLAS_TRANSPOSE t, int64_t rows, int64_t cols, const T* mat, int64_t ld, const T* x,
+              int64_t incx, T* y) {
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemv(CblasRowMajor, t, static_cast<int>(rows), static_cast<int>(cols), 1.0f, mat,
+                static_cast<int>(ld), x, static_cast<int>(incx), 0.0f, y, 1);
+  } else {
+    cblas_dgemv(CblasRowMajor, t, static_cast<int>(rows), static_cast<int>(cols), 1.0, mat,
+                static_cast<int>(ld), x, static_cast<int>(incx), 0.0, y, 1);
+  }
+}
+
+CBLAS_TRANSPOSE flip(CBLAS_TRANSPOSE t) { return t == CblasNoTrans ? CblasTrans : CblasNoTrans; }
+
 template <class T>
 void gemm_one(int64_t n, int64_t m, int64_t k, const T* a, MatView va, const T* b, MatView vb,
               T* c) {
+  if (n == 1 && m > 1) {  // c (m) = op(B)^T a: B is stored (k x m) or, transposed, (m x k)
+    const int64_t rows = vb.trans == CblasNoTrans ? k : m, cols = vb.trans == CblasNoTrans ? m : k;
+    gemv_one<T>(flip(vb.trans), rows, cols, b, vb.ld, a, va.trans == CblasNoTrans ? 1 : va.ld, c);
+    return;
+  }
+  if (m == 1 && n > 1) {  // c (n) = op(A) b: A is stored (n x k) or, transposed, (k x n)
+    const int64_t rows = va.trans == CblasNoTrans ? n : k, cols = va.trans == CblasNoTrans ? k : n;
+    gemv_one<T>(va.trans, rows, cols, a, va.ld, b, vb.trans == CblasNoTrans ? vb.ld : 1, c);
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     cblas_sgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(n), static_cast<int>(m),
                 static_cast<int>(k), 1.0f, a, static_cast<int>(va.ld), b, static_cast<int>(vb.ld),

@@ -30,8 +30,19 @@ TEST_SUITE("ops.linalg") {
   TEST_CASE("matmul against a naive reference: shapes, broadcasting, transposed views, dtypes") {
     manual_seed(4);
     std::vector<std::pair<Shape, Shape>> cases = {
-        {{1, 1}, {1, 1}},    {{3, 5}, {5, 7}},          {{17, 33}, {33, 9}},    {{2, 3, 4}, {4, 5}},
-        {{4, 5}, {2, 5, 3}}, {{2, 1, 3, 4}, {3, 4, 2}}, {{65, 130}, {130, 67}}, {{3, 0}, {0, 4}}};
+        {{1, 1}, {1, 1}},
+        {{3, 5}, {5, 7}},
+        {{17, 33}, {33, 9}},
+        {{2, 3, 4}, {4, 5}},
+        {{4, 5}, {2, 5, 3}},
+        {{2, 1, 3, 4}, {3, 4, 2}},
+        {{65, 130}, {130, 67}},
+        {{3, 0}, {0, 4}},
+        // one row or one column: the gemv path, contiguous and transposed
+        {{1, 9}, {9, 7}},
+        {{6, 9}, {9, 1}},
+        {{3, 1, 9}, {3, 9, 7}},
+        {{1, 300}, {300, 513}}};
     for (auto& [sa, sb] : cases) {
       for (bool nc : {false, true}) {
         for (DType t : {kF32, kF64, kBF16, kI64}) {
@@ -64,6 +75,14 @@ TEST_SUITE("ops.linalg") {
     std::vector<double> ref = ref_matmul(x, w.t().contiguous(), &os), bv = ct::vals(b);
     for (size_t i = 0; i < ref.size(); ++i) ref[i] += bv[i % 5];
     ct::check_close(linear(x, w, b), ref, 1e-5, 1e-5);
+    // Decoding: one token through a Linear, the weight read transposed (gemv).
+    Tensor x1 = ct::rnd({1, 1, 40}), w1 = ct::rnd({70, 40});
+    ct::check_close(linear(x1, w1), ref_matmul(x1.view({1, 40}), w1.t().contiguous(), &os), 1e-5,
+                    1e-5);
+    ct::check_close(matmul(w1, x1.view({40, 1})),
+                    ref_matmul(w1, x1.view({40, 1}).contiguous(), &os), 1e-5, 1e-5);
+    ct::check_close(matmul(w1.t().contiguous().t(), x1.view({40, 1})),
+                    ref_matmul(w1, x1.view({40, 1}).contiguous(), &os), 1e-5, 1e-5);
     Tensor a3 = ct::rnd({3, 2, 4}), b3 = ct::rnd({3, 4, 5});
     ct::check_close(bmm(a3, b3), ref_matmul(a3, b3, &os), 1e-5, 1e-5);
   }
