@@ -111,7 +111,6 @@ nn::MambaConfig demo_config(const Args& a) {
     c.num_heads = c.intermediate_size() / c.head_dim;
     c.n_groups = 1;
     c.chunk_size = 64;
-    c.norm_per_group = true;  // mamba_ssm's convention for a new model
   }
   return c;
 }

@@ -32,6 +32,9 @@ void MambaConfig::validate() const {
   positive("num_hidden_layers", num_hidden_layers);
   positive("expand", expand);
   positive("conv_kernel", conv_kernel);
+  COIL_CHECK(selective || !is_mamba2(),
+             "MambaConfig: the non-selective ablation (selective = "
+             "false) is a Mamba-1 variant; model_type is \"mamba2\"");
   COIL_CHECK(time_step_min > 0 && time_step_max >= time_step_min,
              "MambaConfig: need 0 < time_step_min <= time_step_max, got ", time_step_min, ", ",
              time_step_max);
@@ -102,25 +105,38 @@ void rescale_(Tensor& w, int64_t n_layer) {
 // ---- Mamba-1 mixer ----
 
 Mamba::Mamba(const MambaConfig& c, DType dtype)
-    : d_inner(c.intermediate_size()), d_state(c.state_size), dt_rank(c.dt_rank()) {
+    : d_inner(c.intermediate_size()),
+      d_state(c.state_size),
+      dt_rank(c.dt_rank()),
+      selective(c.selective) {
   const int64_t dm = c.hidden_size;
   in_proj =
       register_module("in_proj", std::make_shared<Linear>(dm, 2 * d_inner, c.use_bias, dtype));
   conv1d = register_module(
       "conv1d", std::make_shared<CausalConv1d>(d_inner, c.conv_kernel, c.use_conv_bias, dtype));
-  x_proj = register_module("x_proj",
-                           std::make_shared<Linear>(d_inner, dt_rank + 2 * d_state, false, dtype));
-  dt_proj = register_module("dt_proj", std::make_shared<Linear>(dt_rank, d_inner, true, dtype));
+  if (selective) {
+    x_proj = register_module(
+        "x_proj", std::make_shared<Linear>(d_inner, dt_rank + 2 * d_state, false, dtype));
+    dt_proj = register_module("dt_proj", std::make_shared<Linear>(dt_rank, d_inner, true, dtype));
+    const double std = c.time_step_scale / std::sqrt(static_cast<double>(dt_rank));
+    uniform_init_(dt_proj->weight, -std, std);
+    NoGradGuard no_grad;
+    dt_proj->bias.copy_(inverse_softplus_dt_bias(d_inner, c, kF64));
+  } else {
+    // The ablation's Δ starts where the selective model's does; B and C as a random LTI system.
+    dt_bias = inverse_softplus_dt_bias(d_inner, c, dtype);
+    B = empty({d_inner, d_state}, dtype);
+    C = empty({d_inner, d_state}, dtype);
+    normal_init_(B, 0, 1);
+    normal_init_(C, 0, 1 / std::sqrt(static_cast<double>(d_state)));
+    register_parameter("dt_bias", &dt_bias);
+    register_parameter("B", &B);
+    register_parameter("C", &C);
+  }
   out_proj = register_module("out_proj", std::make_shared<Linear>(d_inner, dm, c.use_bias, dtype));
   if (c.use_bias) {
     zero_(in_proj->bias);
     zero_(out_proj->bias);
-  }
-  const double std = c.time_step_scale / std::sqrt(static_cast<double>(dt_rank));
-  uniform_init_(dt_proj->weight, -std, std);
-  {
-    NoGradGuard no_grad;
-    dt_proj->bias.copy_(inverse_softplus_dt_bias(d_inner, c, kF64));
   }
   rescale_(out_proj->weight, c.num_hidden_layers);
   // A = -(1..N) for every channel, stored as its log.
@@ -134,22 +150,32 @@ Mamba::Mamba(const MambaConfig& c, DType dtype)
 Tensor Mamba::forward(const Tensor& u, LayerCache* cache) const {
   COIL_CHECK(u.dim() == 3 && u.size(2) == in_proj->weight.size(1),
              "Mamba: input must be (batch, L, ", in_proj->weight.size(1), "), got ", u.shape_str());
+  const int64_t b = u.size(0), L = u.size(1);
   TensorList xz = split(in_proj->forward(u), Shape{d_inner, d_inner}, -1);
   Tensor window;
   Tensor x = conv1d->forward(xz[0], true, cache ? cache->conv_window : Tensor(),
                              cache ? &window : nullptr);
-  TensorList dbc = split(x_proj->forward(x), Shape{dt_rank, d_state, d_state}, -1);
-  Tensor delta = linear(dbc[0], dt_proj->weight);
   SelectiveScanOptions o;
   o.D = D;
   o.z = xz[1];
-  o.delta_bias = dt_proj->bias;
   o.delta_softplus = true;
   if (cache) {
     o.initial_state = cache->ssm_state;
     o.return_final_state = true;
   }
-  auto [y, state] = selective_scan(x, delta, neg(exp(A_log)), dbc[1], dbc[2], o);
+  Tensor delta, Bt, Ct;
+  if (selective) {
+    TensorList dbc = split(x_proj->forward(x), Shape{dt_rank, d_state, d_state}, -1);
+    delta = linear(dbc[0], dt_proj->weight);
+    o.delta_bias = dt_proj->bias;
+    Bt = dbc[1];
+    Ct = dbc[2];
+  } else {  // the same Δ, B, C at every token: B and C as one group per channel
+    delta = dt_bias.expand({b, L, d_inner});
+    Bt = B.expand({b, L, d_inner, d_state});
+    Ct = C.expand({b, L, d_inner, d_state});
+  }
+  auto [y, state] = selective_scan(x, delta, neg(exp(A_log)), Bt, Ct, o);
   if (cache) {
     cache->conv_window = window;
     cache->ssm_state = state;
@@ -280,7 +306,7 @@ MambaLM::DecayGroups MambaLM::weight_decay_groups() const {
   };
   for (auto& [name, p] : named_parameters()) {
     bool no_decay = p.dim() < 2 || ends_with(name, ".A_log") || ends_with(name, ".D") ||
-                    ends_with(name, ".dt_bias");
+                    ends_with(name, ".dt_bias") || ends_with(name, ".B") || ends_with(name, ".C");
     (no_decay ? g.no_decay : g.decay).push_back(p);
   }
   return g;

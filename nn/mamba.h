@@ -40,9 +40,16 @@ struct MambaConfig {
   double time_step_limit_min = 0.0;
   double time_step_limit_max = std::numeric_limits<double>::infinity();
   double A_init_min = 1.0, A_init_max = 16.0;  // mamba_ssm: A ~ U[1, 16]
-  // Gated norm grouping (coil's field, see MATH.md 3): false normalises over all channels as
-  // Hugging Face does; true per group of d_inner / n_groups channels as mamba_ssm does.
-  bool norm_per_group = false;
+  // Gated norm grouping (coil's field, MATH.md 3): true normalises per group of
+  // d_inner / n_groups channels, as mamba_ssm does and as transformers does today (5.24.0, the
+  // version tests/fixtures pins: MambaRMSNormGated with group_size = intermediate_size //
+  // n_groups); false over all d_inner channels, as MATH.md describes older transformers. They
+  // differ only when n_groups > 1.
+  bool norm_per_group = true;
+  // Mamba-1 only (coil's field): false builds the paper's non-selective ablation (MATH.md 7):
+  // Δ (per channel), B and C (per channel and state) are learned parameters that do not depend
+  // on the input; x_proj and dt_proj are absent.
+  bool selective = true;
 
   bool is_mamba2() const { return model_type == "mamba2"; }
   int64_t intermediate_size() const { return expand * hidden_size; }
@@ -84,10 +91,12 @@ class Mamba : public Module {
   // With a cache, starts from its window and state (zeros when undefined) and stores the new ones.
   Tensor forward(const Tensor& u, LayerCache* cache = nullptr) const;
 
-  std::shared_ptr<Linear> in_proj, x_proj, dt_proj, out_proj;
+  std::shared_ptr<Linear> in_proj, x_proj, dt_proj, out_proj;  // x_proj, dt_proj: selective only
   std::shared_ptr<CausalConv1d> conv1d;
   Tensor A_log, D;
+  Tensor dt_bias, B, C;  // the non-selective ablation's (d_inner), (d_inner, N), (d_inner, N)
   int64_t d_inner, d_state, dt_rank;
+  bool selective;
 };
 
 // Mamba-2 mixer (MATH.md 3). forward(u (batch, L, d_model)) -> (batch, L, d_model).
@@ -147,7 +156,8 @@ class MambaLM : public Module {
   // Picks the next ids (batch) from logits (batch, vocab) with coil's RNG.
   static Tensor sample(const Tensor& logits, const SamplingOptions& sampling);
 
-  // AdamW groups as the reference trains: no decay on biases, norm weights, A_log, D, dt_bias.
+  // AdamW groups as the reference trains: no decay on biases, norm weights, A_log, D, dt_bias
+  // (and the ablation's B, C).
   struct DecayGroups {
     std::vector<Tensor> decay, no_decay;
   };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "../../core/error.h"
 #include "../mamba.h"
@@ -13,18 +14,47 @@
 
 namespace coil::nn {
 
+namespace {
+
+// A float of config.json: a number, or the object transformers (5.x) writes for the values JSON
+// lacks, {"__float__": "Infinity"} (also "-Infinity", "NaN").
+double config_float(const json::Value& v, const std::string& what, const char* field) {
+  if (v.is_object()) {
+    const json::Value* f = v.find("__float__");
+    COIL_CHECK(f && f->is_string(), "MambaConfig: ", what, ": ", field,
+               " holds an object other than {\"__float__\": ...}");
+    const std::string& s = f->as_string();
+    if (s == "Infinity" || s == "inf") return std::numeric_limits<double>::infinity();
+    if (s == "-Infinity" || s == "-inf") return -std::numeric_limits<double>::infinity();
+    if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
+    fail("MambaConfig: ", what, ": ", field, " has an unknown __float__ \"", s, "\"");
+  }
+  return v.as_double();
+}
+
+}  // namespace
+
 MambaConfig MambaConfig::from_json(const std::string& text, const std::string& what) {
   json::Value j = json::parse(text, what);
   COIL_CHECK(j.is_object(), "MambaConfig: ", what, " must hold a JSON object, got ", j.type_name());
   MambaConfig c;
   c.model_type = j.get<std::string>("model_type", "mamba");
   const bool m2 = c.model_type == "mamba2";
+  // A field config.json leaves out has the default of transformers' config class (5.24.0, the
+  // version tests/fixtures pins), which is not always coil's mamba-130m default.
+  c.num_hidden_layers = m2 ? 64 : 32;
   if (m2) {  // Mamba2Config's defaults where they differ from MambaConfig's
+    c.vocab_size = 32768;
+    c.hidden_size = 4096;
     c.state_size = 128;
     c.tie_word_embeddings = false;
     c.n_groups = 8;
     c.num_heads = 128;
+    c.pad_token_id = 1;
+    c.eos_token_id = 2;
   }
+  // Hub checkpoints carry no field for the gated norm's grouping: per group (the struct's
+  // default) is what transformers computes; coil's own config.json writes norm_per_group.
   c.vocab_size = j.get<int64_t>("vocab_size", c.vocab_size);
   c.hidden_size = j.get<int64_t>("hidden_size", c.hidden_size);
   c.state_size = j.get<int64_t>("state_size", c.state_size);
@@ -60,14 +90,15 @@ MambaConfig MambaConfig::from_json(const std::string& text, const std::string& w
   if (const json::Value* lim = j.find("time_step_limit"); lim && lim->is_array()) {
     COIL_CHECK(lim->size() == 2, "MambaConfig: ", what, ": time_step_limit needs 2 numbers, got ",
                lim->size());
-    c.time_step_limit_min = (*lim)[0].as_double();
-    c.time_step_limit_max = (*lim)[1].as_double();
+    c.time_step_limit_min = config_float((*lim)[0], what, "time_step_limit");
+    c.time_step_limit_max = config_float((*lim)[1], what, "time_step_limit");
   }
   if (const json::Value* a = j.find("A_init_range"); a && a->is_array() && a->size() == 2) {
-    c.A_init_min = (*a)[0].as_double();
-    c.A_init_max = (*a)[1].as_double();
+    c.A_init_min = config_float((*a)[0], what, "A_init_range");
+    c.A_init_max = config_float((*a)[1], what, "A_init_range");
   }
   c.norm_per_group = j.get<bool>("norm_per_group", c.norm_per_group);
+  c.selective = j.get<bool>("selective", c.selective);
   COIL_CHECK(j.get<std::string>("hidden_act", "silu") == "silu", "MambaConfig: ", what,
              ": hidden_act must be \"silu\", got \"", j.get<std::string>("hidden_act", ""), "\"");
   if (m2) {
@@ -97,6 +128,7 @@ std::string MambaConfig::to_json() const {
   j.set("expand", expand);
   j.set("conv_kernel", conv_kernel);
   if (!m2) j.set("intermediate_size", intermediate_size());
+  if (!selective) j.set("selective", false);
   j.set("use_bias", use_bias);
   j.set("use_conv_bias", use_conv_bias);
   j.set("hidden_act", "silu");

@@ -70,19 +70,26 @@ struct RefModel {
     const int64_t dm = c.hidden_size, E = c.intermediate_size(), N = c.state_size, R = c.dt_rank();
     auto xz = lin(u, w(pre + "in_proj.weight"), L, dm, 2 * E);
     auto x = conv(xz, L, 2 * E, 0, E, pre);
-    auto dbc = lin(x, w(pre + "x_proj.weight"), L, E, R + 2 * N);
-    const auto &Wdt = w(pre + "dt_proj.weight"), &bdt = w(pre + "dt_proj.bias");
+    const bool sel = c.selective;
+    auto dbc = sel ? lin(x, w(pre + "x_proj.weight"), L, E, R + 2 * N) : std::vector<double>();
     const auto &Alog = w(pre + "A_log"), &Dp = w(pre + "D");
     std::vector<double> h(E * N, 0), y(L * E);
     for (int64_t t = 0; t < L; ++t)
       for (int64_t ch = 0; ch < E; ++ch) {
-        double d = bdt[ch];
-        for (int64_t r = 0; r < R; ++r) d += dbc[t * (R + 2 * N) + r] * Wdt[ch * R + r];
+        double d = 0;
+        if (sel) {  // Δ, B, C from the token
+          d = w(pre + "dt_proj.bias")[ch];
+          for (int64_t r = 0; r < R; ++r)
+            d += dbc[t * (R + 2 * N) + r] * w(pre + "dt_proj.weight")[ch * R + r];
+        } else {  // the non-selective ablation: parameters
+          d = w(pre + "dt_bias")[ch];
+        }
         d = softplus(d);
         double acc = 0;
         for (int64_t n = 0; n < N; ++n) {
           double A = -std::exp(Alog[ch * N + n]);
-          double Bn = dbc[t * (R + 2 * N) + R + n], Cn = dbc[t * (R + 2 * N) + R + N + n];
+          double Bn = sel ? dbc[t * (R + 2 * N) + R + n] : w(pre + "B")[ch * N + n];
+          double Cn = sel ? dbc[t * (R + 2 * N) + R + N + n] : w(pre + "C")[ch * N + n];
           double& hs = h[ch * N + n];
           hs = std::exp(d * A) * hs + d * Bn * x[t * E + ch];
           acc += Cn * hs;
