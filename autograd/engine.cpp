@@ -61,7 +61,7 @@ TensorList FunctionNode::apply(TensorList&& grads) {
 }
 
 TensorList AccumulateGrad::apply(TensorList&& grads) {
-  Tensor g = grads[0];
+  Tensor g = std::move(grads[0]);  // moved, so an exclusive buffer can be taken below
   for (auto& hook : variable->hooks) {
     Tensor r = hook(g);
     if (r.defined()) g = conform(r, outputs[0], *this);

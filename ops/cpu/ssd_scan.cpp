@@ -28,6 +28,11 @@
 // step's own input (so their common part (C.B)(dy.X) never enters the sum). Pass 1 keeps a
 // checkpoint of S every min(chunk_size, kMaxSpacing) steps, per thread, only for H_c . S_c; the
 // sum restarts at each, which bounds its rounding (it grows with the spacing).
+//
+// Sweeps. Pass 1 updates the state for up to 4 steps per sweep (2 N-vectors x 4 steps of
+// accumulators in registers), pass 2 for 2 (its lanes of H B need whole rows of 4 N-vectors);
+// within a sweep the operations are those of one step after another, so grouping never changes
+// the results. C . B of every step is computed once per group of heads, not per head.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -47,11 +52,11 @@ namespace {
 template <class T>
 class Scratch {
  public:
-  explicit Scratch(int64_t n) {
+  explicit Scratch(int64_t n, bool zero = true) {
     size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
     p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
     COIL_CHECK(p_, "ssd_scan: out of memory for ", bytes, " bytes of scratch");
-    std::memset(p_, 0, bytes);
+    if (zero) std::memset(p_, 0, bytes);
   }
   ~Scratch() { std::free(p_); }
   Scratch(const Scratch&) = delete;
@@ -95,28 +100,45 @@ VecD load_d(const double* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+// Sum of the lanes of a vector by halving (log2 lanes dependent adds, not one per lane).
+template <class V>
+auto lane_sum(V v) {
+  using E = std::remove_cvref_t<decltype(v[0])>;
+  constexpr int n = sizeof(V) / sizeof(E);
+  if constexpr (n == 1) {
+    return v[0];
+  } else {
+    typedef E H __attribute__((vector_size(sizeof(V) / 2)));
+    H lo, hi;
+    std::memcpy(&lo, &v, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+    return lane_sum(lo + hi);
+  }
+}
+
 // sum_i a[i] * b[i] over n entries (n a multiple of the vector width), in double.
 double dot_d(const float* a, const float* b, int64_t n) {
-  VecD acc{};
+  VecD acc0{}, acc1{};
   for (int64_t i = 0; i < n; i += 2 * WD) {
     HalfF a0, a1, b0, b1;
     std::memcpy(&a0, a + i, sizeof(a0));
     std::memcpy(&a1, a + i + WD, sizeof(a1));
     std::memcpy(&b0, b + i, sizeof(b0));
     std::memcpy(&b1, b + i + WD, sizeof(b1));
-    acc += __builtin_convertvector(a0, VecD) * __builtin_convertvector(b0, VecD) +
-           __builtin_convertvector(a1, VecD) * __builtin_convertvector(b1, VecD);
+    acc0 += __builtin_convertvector(a0, VecD) * __builtin_convertvector(b0, VecD);
+    acc1 += __builtin_convertvector(a1, VecD) * __builtin_convertvector(b1, VecD);
   }
-  double s = 0;
-  for (int i = 0; i < WD; ++i) s += acc[i];
-  return s;
+  return lane_sum(acc0 + acc1);
 }
 double dot_d(const double* a, const double* b, int64_t n) {
-  VecD acc{};
-  for (int64_t i = 0; i < n; i += WD) acc += load_d(a + i) * load_d(b + i);
-  double s = 0;
-  for (int i = 0; i < WD; ++i) s += acc[i];
-  return s;
+  VecD acc0{}, acc1{};
+  int64_t i = 0;
+  for (; i + 2 * WD <= n; i += 2 * WD) {
+    acc0 += load_d(a + i) * load_d(b + i);
+    acc1 += load_d(a + i + WD) * load_d(b + i + WD);
+  }
+  if (i < n) acc0 += load_d(a + i) * load_d(b + i);
+  return lane_sum(acc0 + acc1);
 }
 
 // The same for long rows: f32 sums over blocks of 256 products, added up in double.
@@ -193,8 +215,7 @@ struct Ssd {
   static constexpr int W = simd::kWidth * 4 / static_cast<int>(sizeof(T));
   typedef T Vec __attribute__((vector_size(simd::kWidth * 4)));
   static constexpr int kSlabP = 4;   // forward: P-vectors held in registers per pass over N
-  static constexpr int kSlabN1 = 8;  // backward pass 1: N-vectors in registers per pass over P
-  static constexpr int kSlabN2 = 4;  // backward pass 2
+  static constexpr int kSlabN2 = 4;  // backward pass 2: N-vectors in registers per pass over P
   // Inputs divided by scale stay far from overflow: |S'| <= |S| / kMinScale.
   static constexpr T kMinScale = sizeof(T) == 4 ? T(0x1p-40) : T(0x1p-300);
   // Checkpoints at most this far apart: the rounding of the telescoped sums for dt and A grows
@@ -208,11 +229,7 @@ struct Ssd {
   }
   static void store(T* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
   static Vec bcast(T v) { return v - Vec{}; }  // v + 0 would not fold (-0); this is a broadcast
-  static T hsum(Vec v) {
-    T s = 0;
-    for (int i = 0; i < W; ++i) s += v[i];
-    return s;
-  }
+  static T hsum(Vec v) { return lane_sum(v); }
   static T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
   // out[i] = silu(z[i]) or its derivative over n entries, vectorised in f32.
   static void silu_row(const T* z, T* out, int64_t n) {
@@ -234,6 +251,10 @@ struct Ssd {
     }
   }
   static int64_t round_up(int64_t n) { return (n + W - 1) / W * W; }
+  // The two steps of a pass-2 pair keep their lanes of H B ([Pp][W] each) two vectors beyond a
+  // whole number of pages apart: rows at equal offsets in a page would stall each other's loads
+  // behind stores (4K aliasing).
+  int64_t wstride() const { return Pp * W + 2 * W; }
 
   // One decay step of a scaled state: S' is multiplied by the returned factor (1 but rarely) and
   // scale becomes the new scale, so that scale * S' = a * (old scale * old S').
@@ -437,27 +458,90 @@ struct Ssd {
   }
 
   // ---- backward ----
-  // Pass 1 on K N-vectors of S'[P][Np] (from column s): S' = m S' + X B^T, and dC' = (m S')^T dy
-  // from the decayed state before the input (the input's part is added per n).
-  template <int K, bool kMul>
-  static void bwd1_slab(T* s, int64_t Np, int64_t P, const T* bp, T m, const T* xs, const T* gy,
-                        T* dcp) {
-    Vec bv[K], acc[K];
-    for (int k = 0; k < K; ++k) {
-      bv[k] = load(bp + k * W);
-      acc[k] = Vec{};
-    }
-    const Vec mv = bcast(m);
-    for (int64_t p = 0; p < P; ++p) {
-      const Vec xp = bcast(xs[p]), gp = bcast(gy[p]);
-      T* row = s + p * Np;
+  // Pass 1 sweeps the state once per group of up to kGroup consecutive steps (never across a
+  // checkpoint): within a group the operations are those of one step after another, in the same
+  // order, so the grouping does not change the results.
+  static constexpr int kGroup = 4;  // pass 1 (S x K = 4 x 2 vectors of accumulators)
+  struct Steps {
+    const T* b[kGroup];  // B rows (padded to Np)
+    const T* xs[kGroup];
+    const T* gy[kGroup];
+    T* out[kGroup];  // dC' rows
+    T m[kGroup];
+  };
+
+  // Pass 1 on K N-vectors from column j, S steps in time order: S' = m S' + xs B^T, and
+  // out = (m S')^T gy from the decayed state before the step's input (its part is added later).
+  template <int S, int K, bool kMul>
+  static void bwd1_group(T* s, int64_t Np, int64_t P, const Steps& st, int64_t j) {
+    Vec bv[S][K], acc[S][K], mv[S];
+    const T* xs[S];
+    const T* gy[S];
+    for (int i = 0; i < S; ++i) {
+      xs[i] = st.xs[i];
+      gy[i] = st.gy[i];
+      mv[i] = bcast(st.m[i]);
       for (int k = 0; k < K; ++k) {
-        const Vec old = kMul ? load(row + k * W) * mv : load(row + k * W);
-        store(row + k * W, old + xp * bv[k]);
-        acc[k] += gp * old;
+        bv[i][k] = load(st.b[i] + j + k * W);
+        acc[i][k] = Vec{};
       }
     }
-    for (int k = 0; k < K; ++k) store(dcp + k * W, acc[k]);
+    for (int64_t p = 0; p < P; ++p) {
+      T* row = s + p * Np + j;
+      Vec v[K];
+      for (int k = 0; k < K; ++k) v[k] = load(row + k * W);
+      for (int i = 0; i < S; ++i) {
+        const Vec xp = bcast(xs[i][p]), gp = bcast(gy[i][p]);
+        for (int k = 0; k < K; ++k) {
+          const Vec old = kMul ? v[k] * mv[i] : v[k];
+          acc[i][k] += gp * old;
+          v[k] = old + xp * bv[i][k];
+        }
+      }
+      for (int k = 0; k < K; ++k) store(row + k * W, v[k]);
+    }
+    for (int i = 0; i < S; ++i)
+      for (int k = 0; k < K; ++k) store(st.out[i] + j + k * W, acc[i][k]);
+  }
+
+  // One group of S steps over the whole state.
+  template <int S, bool kMul>
+  void sweep1(T* state, const Steps& st) const {
+    constexpr int K = S >= 3 ? 2 : S == 2 ? 4 : 8;  // S x K accumulators and B vectors in registers
+    const int64_t nv = Np / W;
+    for (int64_t j = 0; j < nv; j += K) {
+      const int64_t jw = j * W;
+      switch (std::min<int64_t>(K, nv - j)) {
+#define COIL_SSD_G1(KK)                                                   \
+  case KK:                                                                \
+    if constexpr (KK <= K) bwd1_group<S, KK, kMul>(state, Np, P, st, jw); \
+    break;
+        COIL_SSD_G1(1)
+        COIL_SSD_G1(2)
+        COIL_SSD_G1(3)
+        COIL_SSD_G1(4)
+        COIL_SSD_G1(5)
+        COIL_SSD_G1(6)
+        COIL_SSD_G1(7)
+        COIL_SSD_G1(8)
+#undef COIL_SSD_G1
+      }
+    }
+  }
+  void sweep1_any(T* state, const Steps& st, int cnt) const {
+    bool mul = false;
+    for (int i = 0; i < cnt; ++i) mul = mul || st.m[i] != T(1);
+    switch (cnt) {
+#define COIL_SSD_SWEEP(S)                                           \
+  case S:                                                           \
+    mul ? sweep1<S, true>(state, st) : sweep1<S, false>(state, st); \
+    break;
+      COIL_SSD_SWEEP(1)
+      COIL_SSD_SWEEP(2)
+      COIL_SSD_SWEEP(3)
+      COIL_SSD_SWEEP(4)
+#undef COIL_SSD_SWEEP
+    }
   }
 
   // Pass 2 on K N-vectors of G'[P][Np]: G' = m G' + gy C^T. From H' = m G' before the output's
@@ -491,38 +575,9 @@ struct Ssd {
     for (int k = 0; k < K; ++k) store(dbp + k * W, acc[k]);
   }
 
-  // Two steps per sweep of the state (t0 then t1), each element loaded and stored once: the same
-  // operations in the same order as two calls of the one-step kernels (a multiply by m = 1 is
-  // exact).
-  template <int K, bool kMul>
-  static void bwd1_pair_slab(T* s, int64_t Np, int64_t P, const T* b0p, const T* b1p, T m0, T m1,
-                             const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0, T* o1) {
-    Vec b0[K], b1[K], a0[K], a1[K];
-    for (int k = 0; k < K; ++k) {
-      b0[k] = load(b0p + k * W);
-      b1[k] = load(b1p + k * W);
-      a0[k] = Vec{};
-      a1[k] = Vec{};
-    }
-    const Vec mv0 = bcast(m0), mv1 = bcast(m1);
-    for (int64_t p = 0; p < P; ++p) {
-      const Vec x0 = bcast(xs0[p]), x1 = bcast(xs1[p]), g0 = bcast(gy0[p]), g1 = bcast(gy1[p]);
-      T* row = s + p * Np;
-      for (int k = 0; k < K; ++k) {
-        const Vec v = load(row + k * W);
-        const Vec old0 = kMul ? v * mv0 : v;
-        const Vec n0 = old0 + x0 * b0[k];
-        a0[k] += g0 * old0;
-        const Vec old1 = kMul ? n0 * mv1 : n0;
-        store(row + k * W, old1 + x1 * b1[k]);
-        a1[k] += g1 * old1;
-      }
-    }
-    for (int k = 0; k < K; ++k) {
-      store(o0 + k * W, a0[k]);
-      store(o1 + k * W, a1[k]);
-    }
-  }
+  // Pass 2 takes two steps per sweep of the state (t0 then t1), each element loaded and stored
+  // once: the same operations in the same order as two calls of the one-step kernel (a multiply
+  // by m = 1 is exact).
   template <int K, bool kMul>
   static void bwd2_pair_slab(T* gs, int64_t Np, int64_t P, const T* b0p, const T* c0p, const T* b1p,
                              const T* c1p, T m0, T m1, const T* xs0, const T* xs1, const T* gy0,
@@ -566,26 +621,6 @@ struct Ssd {
   }
   static constexpr int kPairSlab = 4;
   template <bool kMul>
-  void bwd_pair1(T* state, const T* b0, const T* b1, T m0, T m1, const T* xs0, const T* xs1,
-                 const T* gy0, const T* gy1, T* o0, T* o1) const {
-    const int64_t nv = Np / W;
-    for (int64_t j = 0; j < nv; j += kPairSlab) {
-      const int64_t jw = j * W;
-#define COIL_SSD_PAIR1(K)                                                                    \
-  case K:                                                                                    \
-    bwd1_pair_slab<K, kMul>(state + jw, Np, P, b0 + jw, b1 + jw, m0, m1, xs0, xs1, gy0, gy1, \
-                            o0 + jw, o1 + jw);                                               \
-    break;
-      switch (std::min<int64_t>(kPairSlab, nv - j)) {
-        COIL_SSD_PAIR1(1)
-        COIL_SSD_PAIR1(2)
-        COIL_SSD_PAIR1(3)
-        COIL_SSD_PAIR1(4)
-      }
-#undef COIL_SSD_PAIR1
-    }
-  }
-  template <bool kMul>
   void bwd_pair2(T* state, const T* b0, const T* c0, const T* b1, const T* c1, T m0, T m1,
                  const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0, T* o1, T* w0,
                  T* w1) const {
@@ -608,46 +643,36 @@ struct Ssd {
     }
   }
 
-  template <int Pass, bool kMul>
-  void bwd_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
-                T* w) const {
-    constexpr int kSlab = Pass == 1 ? kSlabN1 : kSlabN2;
+  // One pass-2 step alone (at a checkpoint or the sequence's start).
+  template <bool kMul>
+  void bwd2_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
+                 T* w) const {
     const int64_t nv = Np / W;
-    for (int64_t j = 0; j < nv; j += kSlab) {
+    for (int64_t j = 0; j < nv; j += kSlabN2) {
       T* s = state + j * W;
       const T* bj = bp + j * W;
       const T* cj = cp + j * W;
       T* oj = out + j * W;
       const bool first = j == 0;
-      switch (std::min<int64_t>(kSlab, nv - j)) {
-#define COIL_SSD_SLAB(K)                                               \
-  case K:                                                              \
-    if constexpr (K <= kSlab) {                                        \
-      if constexpr (Pass == 1)                                         \
-        bwd1_slab<K, kMul>(s, Np, P, bj, m, xs, gy, oj);               \
-      else                                                             \
-        bwd2_slab<K, kMul>(s, Np, P, bj, cj, m, xs, gy, oj, w, first); \
-    }                                                                  \
+      switch (std::min<int64_t>(kSlabN2, nv - j)) {
+#define COIL_SSD_SLAB(K)                                           \
+  case K:                                                          \
+    bwd2_slab<K, kMul>(s, Np, P, bj, cj, m, xs, gy, oj, w, first); \
     break;
         COIL_SSD_SLAB(1)
         COIL_SSD_SLAB(2)
         COIL_SSD_SLAB(3)
         COIL_SSD_SLAB(4)
-        COIL_SSD_SLAB(5)
-        COIL_SSD_SLAB(6)
-        COIL_SSD_SLAB(7)
-        COIL_SSD_SLAB(8)
 #undef COIL_SSD_SLAB
       }
     }
   }
-  template <int Pass>
-  void bwd_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
-                T* w) const {
+  void bwd2_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
+                 T* w) const {
     if (m == T(1))
-      bwd_step<Pass, false>(state, bp, cp, m, xs, gy, out, w);
+      bwd2_step<false>(state, bp, cp, m, xs, gy, out, w);
     else
-      bwd_step<Pass, true>(state, bp, cp, m, xs, gy, out, w);
+      bwd2_step<true>(state, bp, cp, m, xs, gy, out, w);
   }
 
   // A row of n values readable as np (a whole number of vectors): in place when n == np, else
@@ -684,9 +709,14 @@ struct Ssd {
 
   // sum_p a[p] b[p] over the padded rows.
   T dot_t(const T* a, const T* b) const {
-    Vec acc{};
-    for (int64_t p = 0; p < Pp; p += W) acc += load(a + p) * load(b + p);
-    return hsum(acc);
+    Vec acc0{}, acc1{};
+    int64_t p = 0;
+    for (; p + 2 * W <= Pp; p += 2 * W) {
+      acc0 += load(a + p) * load(b + p);
+      acc1 += load(a + p + W) * load(b + p + W);
+    }
+    if (p < Pp) acc0 += load(a + p) * load(b + p);
+    return hsum(acc0 + acc1);
   }
 
   // u[p] = sum of the W lanes of w[p] for the padded rows (w rows past P are zero).
@@ -703,18 +733,19 @@ struct Ssd {
   // Per-thread scratch of the backward; rows padded to Pp / Np stay zero past P / N.
   struct BwdScratch {
     Scratch<T> S, Gs, ckpt, bp, cp, out, w, gy, xs, xr, u, dxr, gate;
-    Scratch<T> bp2, cp2, out2, w2, gy2, xs2, xr2;  // the second step of a pair
+    Scratch<T> bp2, cp2, out2, gy2, xs2, xr2;  // the second step of a pair (w holds both)
+    Scratch<T> xs1, gy1, out1, bp1, cp1;       // pass 1: kGroup rows each
     Schedule sched;
     std::vector<T> gm, gscale, inv_gscale, ck_scale;  // reverse schedule of G = gscale * G'
     std::vector<double> E;
     explicit BwdScratch(const Ssd& k)
         : S(k.P * k.Np),
           Gs(k.P * k.Np),
-          ckpt(((k.L + k.Q - 1) / k.Q) * k.P * k.Np),
+          ckpt(((k.L + k.Q - 1) / k.Q) * k.P * k.Np, false),  // written before it is read
           bp(k.Np),
           cp(k.Np),
           out(k.Np),
-          w(k.Pp * W),
+          w(2 * k.wstride()),
           gy(k.Pp),
           xs(k.Pp),
           xr(k.Pp),
@@ -724,10 +755,14 @@ struct Ssd {
           bp2(k.Np),
           cp2(k.Np),
           out2(k.Np),
-          w2(k.Pp * W),
           gy2(k.Pp),
           xs2(k.Pp),
           xr2(k.Pp),
+          xs1(kGroup * k.Pp),
+          gy1(kGroup * k.Pp),
+          out1(kGroup * k.Np),
+          bp1(kGroup * k.Np),
+          cp1(kGroup * k.Np),
           sched(k.L),
           gm(k.L),
           gscale(k.L),
@@ -739,6 +774,7 @@ struct Ssd {
   struct BwdOut {
     T *dx, *ddt, *dB, *dC, *dz, *dinit;  // dB, dC: this slot's accumulator
     const T *y_pre, *dy, *dfin;
+    const T* cb;              // C . B per (batch, step, group)
     double *dA, *dD, *dbias;  // per (batch, head) partial sums
   };
 
@@ -773,9 +809,15 @@ struct Ssd {
       T *xs, *gy, *out, *bp, *cp;
       const T *bt, *ct;
     };
-    Step1 st1[2] = {
-        {xs, gy, out, bp, cp, nullptr, nullptr},
-        {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), sc.bp2.get(), sc.cp2.get(), nullptr, nullptr}};
+    Step1 st1[kGroup];
+    for (int i = 0; i < kGroup; ++i)
+      st1[i] = {sc.xs1.get() + i * Pp,
+                sc.gy1.get() + i * Pp,
+                sc.out1.get() + i * Np,
+                sc.bp1.get() + i * Np,
+                sc.cp1.get() + i * Np,
+                nullptr,
+                nullptr};
     auto pre1 = [&](int64_t t, Step1& u1) {
       const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
       if (t + kPrefetchSteps < L) {
@@ -807,25 +849,20 @@ struct Ssd {
       }
     };
     for (int64_t t = 0; t < L;) {
-      const bool pair = t + 1 < L && !chunk_end(t);
-      pre1(t, st1[0]);
-      if (pair) {
-        pre1(t + 1, st1[1]);
-        const T m0 = sd.m[t], m1 = sd.m[t + 1];
-        if (m0 == T(1) && m1 == T(1))
-          bwd_pair1<false>(S, st1[0].bt, st1[1].bt, m0, m1, st1[0].xs, st1[1].xs, st1[0].gy,
-                           st1[1].gy, st1[0].out, st1[1].out);
-        else
-          bwd_pair1<true>(S, st1[0].bt, st1[1].bt, m0, m1, st1[0].xs, st1[1].xs, st1[0].gy,
-                          st1[1].gy, st1[0].out, st1[1].out);
-        post1(t, st1[0]);
-        post1(t + 1, st1[1]);
-        t += 2;
-      } else {
-        bwd_step<1>(S, st1[0].bt, st1[0].ct, sd.m[t], st1[0].xs, st1[0].gy, st1[0].out, w);
-        post1(t, st1[0]);
-        t += 1;
+      int cnt = 1;  // steps in this group: up to kGroup, ending at a checkpoint at the latest
+      while (cnt < kGroup && t + cnt < L && !chunk_end(t + cnt - 1)) ++cnt;
+      Steps st;
+      for (int i = 0; i < cnt; ++i) {
+        pre1(t + i, st1[i]);
+        st.b[i] = st1[i].bt;
+        st.xs[i] = st1[i].xs;
+        st.gy[i] = st1[i].gy;
+        st.out[i] = st1[i].out;
+        st.m[i] = sd.m[t + i];
       }
+      sweep1_any(S, st, cnt);
+      for (int i = 0; i < cnt; ++i) post1(t + i, st1[i]);
+      t += cnt;
     }
 
     // Pass 2 (reverse): G, dB, dx, dz, and the sums for dt, A, D, dt_bias.
@@ -848,7 +885,7 @@ struct Ssd {
       const T *bt, *ct, *xv;
     };
     Step2 st2[2] = {{xs, gy, out, w, bp, cp, xr, nullptr, nullptr, nullptr},
-                    {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), sc.w2.get(), sc.bp2.get(),
+                    {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), w + wstride(), sc.bp2.get(),
                      sc.cp2.get(), sc.xr2.get(), nullptr, nullptr, nullptr}};
     auto pre2 = [&](int64_t t, Step2& v2) {
       const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
@@ -887,7 +924,7 @@ struct Ssd {
       for (int64_t n = 0; n < N; ++n) dB[n] += gscale * out_[n] + ct[n] * gx;
       const double hbx = gscale * dot_d(bt, out_, Np);
       row_sums(v2.w, u);
-      const T cb = static_cast<T>(dot_n(ct, bt, Np));
+      const T cb = o.cb[(b * L + t) * G + g];
       for (int64_t p = 0; p < P; ++p) u[p] += gy_[p] * cb;
       // dx = d u + D dy; q = x . u (also sums for D), over padded rows
       const Vec du = bcast(d * gscale), dD_v = bcast(Dh * gscale);
@@ -932,7 +969,7 @@ struct Ssd {
         t -= 2;
       } else {
         const Step2& a0 = st2[0];
-        bwd_step<2>(Gs, a0.bt, a0.ct, sc.gm[t], a0.xs, a0.gy, a0.out, a0.w);
+        bwd2_step(Gs, a0.bt, a0.ct, sc.gm[t], a0.xs, a0.gy, a0.out, a0.w);
         post2(t, a0);
         t -= 1;
       }
@@ -990,6 +1027,16 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
   T* dC = bw.dC.data_ptr<T>();
   std::fill(dB, dB + bc, T(0));
   std::fill(dC, dC + bc, T(0));
+  // C . B of every (batch, step, group), shared by the group's heads.
+  std::vector<T> cb(static_cast<size_t>(k.batch * k.L * k.G));
+  parallel_for(0, k.batch * k.L * k.G, 1024, [&](int64_t r0, int64_t r1) {
+    Scratch<T> pb(k.Np), pc(k.Np);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* bt = Ssd<T>::padded(k.Bm + r * k.N, pb.get(), k.N, k.Np);
+      const T* ct = Ssd<T>::padded(k.Cm + r * k.N, pc.get(), k.N, k.Np);
+      cb[r] = static_cast<T>(Ssd<T>::dot_n(ct, bt, k.Np));
+    }
+  });
   Scratch<T> extra(shared ? (slots - 1) * 2 * bc : 0);
   std::vector<double> dA(pairs), dD(pairs), dbias(pairs);
   parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
@@ -1005,6 +1052,7 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
       o.y_pre = ptr_or_null<T>(bw.y_pre);
       o.dy = bw.dy.data_ptr<T>();
       o.dfin = ptr_or_null<T>(bw.dfinal_state);
+      o.cb = cb.data();
       o.dA = dA.data();
       o.dD = dD.data();
       o.dbias = dbias.data();

@@ -227,6 +227,68 @@ TEST_SUITE("ops.scan") {
         {x2, w2});
   }
 
+  TEST_CASE("causal_conv1d float32 gradients match float64: strips, row blocks, K, windows") {
+    // The f32 backward has a fused kernel for K <= 4 (16-channel strips plus single-channel
+    // tails, blocks of 128 rows); K = 5 takes the general loops. Same values in both dtypes.
+    manual_seed(23);
+    struct Case {
+      int64_t B, L, C, K;
+    };
+    auto normwise = [](const Tensor& got, const Tensor& ref) {
+      std::vector<double> g = ct::vals(got), r = ct::vals(ref);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < g.size(); ++i) {
+        num += (g[i] - r[i]) * (g[i] - r[i]);
+        den += r[i] * r[i];
+      }
+      return std::sqrt(num / std::max(den, 1e-300));
+    };
+    for (Case cs :
+         {Case{1, 1, 1, 4}, Case{2, 2, 17, 4}, Case{1, 3, 40, 3}, Case{2, 130, 33, 4},
+          Case{1, 300, 70, 4}, Case{3, 129, 16, 2}, Case{1, 257, 48, 1}, Case{2, 40, 21, 5}}) {
+      for (bool with_bias : {false, true})
+        for (bool with_win : {false, true})
+          for (bool silu : {false, true}) {
+            CAPTURE(cs.B);
+            CAPTURE(cs.L);
+            CAPTURE(cs.C);
+            CAPTURE(cs.K);
+            CAPTURE(with_bias);
+            CAPTURE(with_win);
+            CAPTURE(silu);
+            TensorList v32 = {ct::rnd({cs.B, cs.L, cs.C}), ct::rnd({cs.C, cs.K}), ct::rnd({cs.C}),
+                              ct::rnd({cs.B, cs.K - 1, cs.C})};
+            Tensor gy = ct::rnd({cs.B, cs.L, cs.C});
+            TensorList grads[2];
+            for (int f64 = 0; f64 < 2; ++f64) {
+              TensorList v;
+              for (const Tensor& t : v32)
+                v.push_back((f64 ? t.to(kF64) : t.clone()).requires_grad_());
+              CausalConv1dOptions o;
+              if (with_bias) o.bias = v[2];
+              if (with_win) o.initial_window = v[3];
+              o.activation_silu = silu;
+              Tensor y = causal_conv1d(v[0], v[1], o).first;
+              y.backward(f64 ? gy.to(kF64) : gy);
+              for (int i = 0; i < 4; ++i) grads[f64].push_back(v[i].grad());
+            }
+            const char* names[] = {"dx", "dw", "dbias", "dwindow"};
+            for (int i = 0; i < 4; ++i) {
+              CAPTURE(names[i]);
+              const bool used = i < 2 || (i == 2 && with_bias) || (i == 3 && with_win);
+              REQUIRE(grads[0][i].defined() == used);
+              if (!used) continue;
+              CHECK(grads[0][i].dtype() == kF32);
+              CHECK(normwise(grads[0][i], grads[1][i]) <= 1e-5);
+              std::vector<double> ref = ct::vals(grads[1][i]);
+              double scale = 0;
+              for (double r : ref) scale = std::max(scale, std::fabs(r));
+              ct::check_close(grads[0][i], ref, 1e-4, 1e-5 * scale, names[i]);
+            }
+          }
+    }
+  }
+
   TEST_CASE("causal_conv1d errors name the argument") {
     ct::check_error(
         [] {
