@@ -1,5 +1,6 @@
 // matmul and linear are compositions of views around one primitive, the batched product
-// (B, n, k) x (B, k, m); its backward is two more batched products.
+// (B, n, k) x (B, k, m); its backward is two more batched products. linear records its own node
+// when it needs a gradient, so that the weight's gradient is computed in the weight's layout.
 #include "linalg.h"
 
 #include "binary.h"
@@ -31,6 +32,30 @@ Tensor bmm_prim(const Tensor& a, const Tensor& b) {
   }
   check_anomaly("bmm", {a, b}, {out});
   return out;
+}
+
+// y = x W^T over the rows of x (.., k) with W (n, k), as one GEMM. Its own node rather than
+// matmul's, so the weight's gradient comes out as dW = dy^T x, (n, k) contiguous: matmul would
+// give the gradient of the W^T view, (k, n), and the leaf's accumulator would then copy it
+// transposed into a contiguous .grad on every step.
+Tensor linear_prim(const Tensor& x, const Tensor& weight) {
+  const int64_t n = weight.sizes()[0], k = weight.sizes()[1];
+  const Shape x_shape = x.sizes();
+  Shape y_shape = x_shape;
+  y_shape.back() = n;
+  Tensor x2 = reshape(x.detach(), {-1, k});
+  Tensor y =
+      reshape(bmm_prim(unsqueeze(x2, 0), unsqueeze(transpose(weight.detach(), 0, 1), 0)), y_shape);
+  const bool gx = x.requires_grad(), gw = weight.requires_grad();
+  SavedTensor sx = gw ? SavedTensor(x, "linear") : SavedTensor();
+  SavedTensor sw = gx ? SavedTensor(weight, "linear") : SavedTensor();
+  record("linear", {x, weight}, {y}, [gx, gw, sx, sw, n, k, x_shape](const TensorList& g) {
+    Tensor g2 = reshape(g[0], {-1, n});  // (M, n)
+    return TensorList{gx ? reshape(matmul(g2, sw.unpack()), x_shape) : Tensor(),
+                      gw ? matmul(transpose(g2, 0, 1), reshape(sx.unpack(), {-1, k})) : Tensor()};
+  });
+  check_anomaly("linear", {x, weight}, {y});
+  return y;
 }
 
 }  // namespace
@@ -100,7 +125,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     COIL_CHECK(bias.dim() == 1 && bias.sizes()[0] == weight.sizes()[0], "linear: bias ",
                bias.shape_str(), " does not match out_features ", weight.sizes()[0]);
   }
-  Tensor y = matmul(x, weight.t());
+  Tensor y = x.dim() >= 2 && x.numel() > 0 && weight.numel() > 0 && is_floating(x.dtype()) &&
+                     x.dtype() == weight.dtype() && needs_grad({&x, &weight})
+                 ? linear_prim(x, weight)
+                 : matmul(x, weight.t());
   return bias.defined() ? y + bias : y;
 }
 

@@ -1,6 +1,8 @@
 // Losses, composed from other coil ops (so they run and differentiate wherever those do).
 // cross_entropy picks each target's log-probability with a class == target mask rather than a
-// gather, and computes in f32 for 16-bit logits.
+// gather, and computes in f32 for 16-bit logits. On the CPU, (N, C) f32/f64 logits take a fused
+// path instead (ops/cpu/loss.cpp): one kernel for the per-row losses and one for the gradient of
+// the logits, with the same results; the op stays composite everywhere else.
 #include "loss.h"
 
 #include <vector>
@@ -16,11 +18,60 @@
 
 namespace coil {
 
+namespace cpu {
+// ops/cpu/loss.cpp. loss, lse (N) and logits (N, C) contiguous, one dtype (f32 or f64); target
+// (N) contiguous int64. The backward writes dlogits (N, C) from grad_rows (N), the gradient of
+// each row's loss.
+void cross_entropy_kernel(const Tensor& loss, const Tensor& lse, const Tensor& logits,
+                          const Tensor& target, int64_t ignore_index, double label_smoothing);
+void cross_entropy_backward_kernel(const Tensor& dlogits, const Tensor& grad_rows,
+                                   const Tensor& logits, const Tensor& lse, const Tensor& target,
+                                   int64_t ignore_index, double label_smoothing);
+}  // namespace cpu
+
 namespace {
 
 void check_reduction(const char* op, const std::string& reduction) {
   COIL_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none", op,
              ": reduction must be \"mean\", \"sum\" or \"none\", got \"", reduction, "\"");
+}
+
+// The fused CPU path for validated (N, C) logits lg and targets tg (N); `valid` counts the
+// targets that are not ignore_index.
+Tensor fused_cross_entropy(const Tensor& lg, const Tensor& tg, int64_t ignore_index,
+                           double label_smoothing, const std::string& reduction, int64_t valid,
+                           bool unbatched) {
+  const int64_t N = lg.sizes()[0], C = lg.sizes()[1];
+  const Options opt(lg.dtype(), lg.device());
+  Tensor x = lg.detach().contiguous();
+  Tensor t = detail::as_compute(tg.detach(), kI64).contiguous();
+  Tensor rows = empty({N}, opt), lse = empty({N}, opt);
+  cpu::cross_entropy_kernel(rows, lse, x, t, ignore_index, label_smoothing);
+  Tensor loss;
+  if (reduction == "sum")
+    loss = sum(rows);
+  else if (reduction == "mean")
+    loss = sum(rows) / static_cast<double>(valid);  // no valid targets: 0 / 0 = NaN, as PyTorch
+  else
+    loss = unbatched ? squeeze(rows, 0) : rows;
+  if (needs_grad({&lg})) {
+    SavedTensor sx(x, "cross_entropy");
+    record("cross_entropy", {lg}, {loss},
+           [sx, t, lse, N, C, opt, ignore_index, label_smoothing, reduction,
+            valid](const TensorList& g) {
+             // the gradient of each row's loss
+             Tensor gr = reduction == "none" ? g[0].reshape({N})
+                         : reduction == "mean"
+                             ? (g[0] / static_cast<double>(valid)).reshape({1}).expand({N})
+                             : g[0].reshape({1}).expand({N});
+             gr = detail::as_compute(gr.detach(), opt.dtype).contiguous();
+             Tensor dx = empty({N, C}, opt);
+             cpu::cross_entropy_backward_kernel(dx, gr, sx.unpack(), lse, t, ignore_index,
+                                                label_smoothing);
+             return TensorList{dx};
+           });
+  }
+  return loss;
 }
 
 }  // namespace
@@ -61,6 +112,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
 
   const Device dev = logits.device();
   const DType out_t = logits.dtype(), ct = compute_dtype(out_t);
+  if (lg.dim() == 2 && dev.type == kCPU && (out_t == kF32 || out_t == kF64) &&
+      !any_distributed({&logits, &target}))
+    return fused_cross_entropy(lg, tg, ignore_index, label_smoothing, reduction, valid, unbatched);
   Tensor logp = log_softmax(to_dtype(lg, ct), 1);
   Shape cls_shape(static_cast<size_t>(lg.dim()), 1);
   cls_shape[1] = C;

@@ -1,6 +1,8 @@
 // RMSNorm and LayerNorm, composed from coil ops (backward comes from autograd). 16-bit inputs
 // are normalised in f32 and rounded once at the end; the result dtype is promoted with the
-// affine parameters', as in PyTorch.
+// affine parameters', as in PyTorch. On the CPU, rms_norm of f32/f64 (weight of the same dtype
+// or none) takes a fused path instead (ops/cpu/norm.cpp), with a fused backward; the op stays
+// composite everywhere else.
 #include "norm.h"
 
 #include "binary.h"
@@ -11,7 +13,39 @@
 
 namespace coil {
 
+namespace cpu {
+// ops/cpu/norm.cpp. x, y, dy, dx contiguous (.., D); weight, dweight (D) or undefined; rstd the
+// rows' 1 / sqrt(mean(x^2) + eps). One dtype, f32 or f64. dx or dweight may be undefined.
+void rms_norm_kernel(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& weight,
+                     double eps);
+void rms_norm_backward_kernel(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
+                              const Tensor& x, const Tensor& weight, const Tensor& rstd);
+}  // namespace cpu
+
 namespace {
+
+// The fused CPU path of rms_norm, for validated inputs.
+Tensor fused_rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  const int64_t D = x.sizes().back();
+  const Options opt(x.dtype(), x.device());
+  Tensor xc = x.detach().contiguous();
+  Tensor wc = weight.defined() ? weight.detach().contiguous() : Tensor();
+  Tensor y = empty(x.sizes(), opt), rstd = empty({D ? x.numel() / D : 0}, opt);
+  cpu::rms_norm_kernel(y, rstd, xc, wc, eps);
+  if (needs_grad({&x, &weight})) {
+    const bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad();
+    SavedTensor sx(xc, "rms_norm"), sw = wc.defined() ? SavedTensor(wc, "rms_norm") : SavedTensor();
+    record("rms_norm", {x, weight}, {y}, [sx, sw, rstd, gx, gw, opt, D](const TensorList& g) {
+      Tensor xs = sx.unpack(), ws = sw.defined() ? sw.unpack() : Tensor();
+      Tensor dy = detail::as_compute(g[0].detach(), opt.dtype).contiguous();
+      Tensor dx = gx ? empty(xs.sizes(), opt) : Tensor();
+      Tensor dw = gw ? empty({D}, opt) : Tensor();
+      cpu::rms_norm_backward_kernel(dx, dw, dy, xs, ws, rstd);
+      return TensorList{dx, dw};
+    });
+  }
+  return y;
+}
 
 void check_param(const char* op, const char* what, const Tensor& p, const Shape& expect,
                  const Tensor& x) {
@@ -39,6 +73,10 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   COIL_CHECK(eps >= 0, name, ": eps must be non-negative, got ", eps);
   check_param(name, "weight", weight, {x.sizes().back()}, x);
   const DType out_t = result_dtype(x, weight, Tensor()), ct = compute_dtype(out_t);
+  if (x.device().type == kCPU && (x.dtype() == kF32 || x.dtype() == kF64) &&
+      (!weight.defined() || weight.dtype() == x.dtype()) && x.numel() > 0 &&
+      !any_distributed({&x, &weight}))
+    return fused_rms_norm(x, weight, eps);
   Tensor xc = to_dtype(x, ct);
   Tensor y = xc * rsqrt(mean(square(xc), {-1}, true) + eps);
   if (weight.defined()) y = y * to_dtype(weight, ct);

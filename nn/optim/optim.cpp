@@ -1,10 +1,14 @@
 #include "optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include "../../autograd/grad_mode.h"
+#include "../../core/parallel.h"
 #include "../../ops/ops.h"
 
 namespace coil::optim {
@@ -212,11 +216,76 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions o)
   }
 }
 
+namespace {
+
+// The fused AdamW update: one pass over p, g, m, v (CPU, contiguous, one floating dtype) with
+// the arithmetic of the composite path below, in the parameter's precision (v / bc2 as a
+// multiplication by 1 / bc2), without its temporaries (g * g, v / bc2, sqrt, + eps, m / denom)
+// or its ten passes over memory. All parameters of a step run in one parallel region, split in
+// pieces of at most kPiece elements: a model has hundreds of small parameters, and a region per
+// parameter costs a fork and a join each (milliseconds apiece when another process holds a core).
+constexpr int64_t kPiece = int64_t(1) << 15;
+
+template <class T>
+struct AdamWItem {
+  T* p;
+  const T* g;
+  T* m;
+  T* v;
+  int64_t n;
+  T decay, step;  // 1 - lr wd, and -lr / bc1
+};
+
+template <class T>
+void adamw_fused(const std::vector<AdamWItem<T>>& items, double beta1, double beta2, double bc2,
+                 double eps) {
+  if (items.empty()) return;
+  const T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2);
+  const T a1 = static_cast<T>(1 - beta1), a2 = static_cast<T>(1 - beta2);
+  const T inv_c2 = static_cast<T>(1.0 / bc2), e = static_cast<T>(eps);
+  std::vector<std::pair<size_t, int64_t>> pieces;  // (item, first element)
+  for (size_t k = 0; k < items.size(); ++k)
+    for (int64_t i = 0; i < items[k].n; i += kPiece) pieces.emplace_back(k, i);
+  parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t q = lo; q < hi; ++q) {
+      const AdamWItem<T>& it = items[pieces[static_cast<size_t>(q)].first];
+      const int64_t i0 = pieces[static_cast<size_t>(q)].second;
+      const int64_t i1 = std::min(it.n, i0 + kPiece);
+      T* p = it.p;
+      const T* g = it.g;
+      T* m = it.m;
+      T* v = it.v;
+      const T d = it.decay, s = it.step;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T gi = g[i];
+        const T mi = m[i] * b1 + a1 * gi;
+        const T vi = v[i] * b2 + a2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * d + s * (mi / (std::sqrt(vi * inv_c2) + e));
+      }
+    }
+  });
+}
+
+bool fusable(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v) {
+  return p.device().type == kCPU && (p.dtype() == kF32 || p.dtype() == kF64) && p.is_contiguous() &&
+         g.device() == p.device() && g.dtype() == p.dtype() && m.dtype() == p.dtype() &&
+         v.dtype() == p.dtype() && m.is_contiguous() && v.is_contiguous();
+}
+
+}  // namespace
+
 void AdamW::step() {
   NoGradGuard ng;
   ++steps_;
   const double bc1 = 1 - std::pow(o_.beta1, static_cast<double>(steps_));
   const double bc2 = 1 - std::pow(o_.beta2, static_cast<double>(steps_));
+  std::vector<AdamWItem<float>> f32;
+  std::vector<AdamWItem<double>> f64;
+  std::vector<Tensor> keep;  // contiguous copies of non-contiguous gradients, alive until done
+  std::unordered_set<const void*> seen;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& grp = groups_[gi];
     for (size_t pi = 0; pi < grp.params.size(); ++pi) {
@@ -231,6 +300,31 @@ void AdamW::step() {
         m = zeros(p.sizes(), Options(st, p.device()));
         v = zeros(p.sizes(), Options(st, p.device()));
       }
+      if (fusable(p, g, m, v)) {
+        // A parameter listed twice is updated twice, in order, as the composite path would.
+        if (!seen.insert(p.raw_data()).second) {
+          adamw_fused(f32, o_.beta1, o_.beta2, bc2, o_.eps);
+          adamw_fused(f64, o_.beta1, o_.beta2, bc2, o_.eps);
+          f32.clear();
+          f64.clear();
+          seen = {p.raw_data()};
+        }
+        Tensor gc = g.contiguous();
+        keep.push_back(gc);
+        const double decay = grp.weight_decay != 0 ? 1 - grp.lr * grp.weight_decay : 1.0;
+        const double step = -grp.lr / bc1;
+        if (p.dtype() == kF32)
+          f32.push_back({p.data_ptr<float>(), gc.data_ptr<float>(), m.data_ptr<float>(),
+                         v.data_ptr<float>(), p.numel(), static_cast<float>(decay),
+                         static_cast<float>(step)});
+        else
+          f64.push_back({p.data_ptr<double>(), gc.data_ptr<double>(), m.data_ptr<double>(),
+                         v.data_ptr<double>(), p.numel(), decay, step});
+        p.bump_version();
+        m.bump_version();
+        v.bump_version();
+        continue;
+      }
       if (grp.weight_decay != 0) p.mul_(1 - grp.lr * grp.weight_decay);
       m.mul_(o_.beta1);
       m.add_(g, 1 - o_.beta1);
@@ -240,6 +334,8 @@ void AdamW::step() {
       p.add_(m / denom, -grp.lr / bc1);
     }
   }
+  adamw_fused(f32, o_.beta1, o_.beta2, bc2, o_.eps);
+  adamw_fused(f64, o_.beta1, o_.beta2, bc2, o_.eps);
 }
 
 LRSchedule LRSchedule::constant(int64_t warmup_steps) {
@@ -295,21 +391,91 @@ void LRScheduler::set_step(int64_t step) {
   step_ = step;
 }
 
+namespace {
+// A contiguous f32/f64 CPU gradient for the fused loops of clip_grad_norm_.
+struct GradSpan {
+  void* data;
+  bool f64;
+  int64_t n;
+  bool in_place;  // data is the gradient itself, not a contiguous copy
+};
+constexpr int64_t kNormBlock = int64_t(1) << 16;
+
+template <class T>
+double block_sum_squares(const T* x, int64_t len) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < len; ++i) acc += static_cast<double>(x[i]) * x[i];
+  return acc;
+}
+template <class T>
+void block_scale(T* x, int64_t len, T s) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) x[i] *= s;
+}
+}  // namespace
+
+// The squares are summed in f64 over fixed blocks of kNormBlock elements of each gradient, then
+// the block sums in order, so the norm does not depend on the thread count. All blocks of all
+// gradients run in one parallel region (and so does the scaling), not one per parameter.
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
   NoGradGuard ng;
   double total = 0;
+  std::vector<GradSpan> spans;
+  std::vector<Tensor> keep;   // contiguous copies of non-contiguous gradients
+  std::vector<Tensor> other;  // gradients scaled with mul_ (not contiguous, not CPU f32/f64)
+  std::unordered_set<const void*> seen;
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
+    if (g.device().type == kCPU && (g.dtype() == kF32 || g.dtype() == kF64)) {
+      Tensor gc = g.contiguous();
+      // a gradient met twice (a parameter listed twice) is scaled twice, the second time by mul_
+      const bool in_place = g.is_contiguous() && seen.insert(g.raw_data()).second;
+      if (!g.is_contiguous()) keep.push_back(gc);
+      if (!in_place) other.push_back(g);
+      spans.push_back({gc.raw_data(), g.dtype() == kF64, gc.numel(), in_place});
+      continue;
+    }
     total += sum(square(g.to(kF64))).item<double>();
+    other.push_back(g);
   }
+  std::vector<std::pair<size_t, int64_t>> blocks;  // (span, first element)
+  for (size_t k = 0; k < spans.size(); ++k)
+    for (int64_t i = 0; i < spans[k].n; i += kNormBlock) blocks.emplace_back(k, i);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+  std::vector<double> part(blocks.size(), 0.0);
+  parallel_for(0, nb, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const GradSpan& s = spans[blocks[static_cast<size_t>(b)].first];
+      const int64_t i0 = blocks[static_cast<size_t>(b)].second;
+      const int64_t len = std::min(kNormBlock, s.n - i0);
+      part[static_cast<size_t>(b)] =
+          s.f64 ? block_sum_squares(static_cast<const double*>(s.data) + i0, len)
+                : block_sum_squares(static_cast<const float*>(s.data) + i0, len);
+    }
+  });
+  for (double v : part) total += v;
   double norm = std::sqrt(total);
   if (norm > max_norm && norm > 0) {
     double scale = max_norm / (norm + 1e-6);
-    for (const Tensor& p : params) {
-      Tensor g = p.grad();
-      if (g.defined()) g.mul_(scale);
-    }
+    // the contiguous gradients in place, in one region; the others (and the originals of the
+    // contiguous copies) with mul_
+    parallel_for(0, nb, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        const GradSpan& s = spans[blocks[static_cast<size_t>(b)].first];
+        if (!s.in_place) continue;
+        const int64_t i0 = blocks[static_cast<size_t>(b)].second;
+        const int64_t len = std::min(kNormBlock, s.n - i0);
+        if (s.f64)
+          block_scale(static_cast<double*>(s.data) + i0, len, scale);
+        else
+          block_scale(static_cast<float*>(s.data) + i0, len, static_cast<float>(scale));
+      }
+    });
+    for (const Tensor& p : params)
+      if (p.grad().defined()) p.grad().bump_version();
+    for (Tensor& g : other) g.mul_(scale);
   }
   return norm;
 }

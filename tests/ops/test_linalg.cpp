@@ -98,6 +98,39 @@ TEST_SUITE("ops.linalg") {
     ct::check_gradcheck([](const TensorList& v) { return matmul(v[0], v[1]); }, {c, d});
   }
 
+  TEST_CASE("linear's gradients come in the operands' layout, against float64 references") {
+    manual_seed(21);
+    for (bool nc : {false, true}) {
+      CAPTURE(nc);
+      Tensor x = ct::rnd({2, 3, 5}, kF32, -2, 2, nc).requires_grad_();
+      Tensor w = ct::rnd({7, 5}, kF32, -2, 2, nc).requires_grad_();
+      Tensor b = ct::rnd({7}).requires_grad_();
+      Tensor gy = ct::rnd({2, 3, 7});
+      linear(x, w, b).backward(gy);
+      std::vector<double> xv = ct::vals(x), wv = ct::vals(w), gv = ct::vals(gy), dw(35, 0),
+                          dx(30, 0), db(7, 0);
+      for (int64_t r = 0; r < 6; ++r)
+        for (int64_t o = 0; o < 7; ++o) {
+          db[o] += gv[r * 7 + o];
+          for (int64_t i = 0; i < 5; ++i) {
+            dw[o * 5 + i] += gv[r * 7 + o] * xv[r * 5 + i];
+            dx[r * 5 + i] += gv[r * 7 + o] * wv[o * 5 + i];
+          }
+        }
+      CHECK(w.grad().is_contiguous());
+      CHECK(w.grad().sizes() == Shape{7, 5});
+      CHECK(x.grad().sizes() == Shape{2, 3, 5});
+      ct::check_close(w.grad(), dw, 1e-5, 1e-5, "dW");
+      ct::check_close(x.grad(), dx, 1e-5, 1e-5, "dx");
+      ct::check_close(b.grad(), db, 1e-5, 1e-5, "db");
+    }
+    // only one operand requiring grad; f64 gradcheck through a transposed weight view
+    Tensor x = ct::rnd({4, 3}, kF64).requires_grad_(), w = ct::rnd({2, 3}, kF64);
+    ct::check_gradcheck([w](const TensorList& v) { return linear(v[0], w); }, {x});
+    Tensor x2 = ct::rnd({2, 2, 3}, kF64), w2 = ct::rnd({3, 2}, kF64).requires_grad_();
+    ct::check_gradcheck([x2](const TensorList& v) { return linear(x2, v[0].t()); }, {w2});
+  }
+
   TEST_CASE("shape errors") {
     ct::check_error([] { matmul(ones({2, 3}), ones({4, 2})); }, {"matmul", "[2, 3]", "[4, 2]"});
     ct::check_error([] { matmul(ones({2, 2, 3}), ones({3, 3, 2})); }, {"matmul", "broadcast"});

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <limits>
 #include <random>
 
@@ -152,6 +153,80 @@ TEST_SUITE("ops.loss") {
                         {x3});
     ct::check_gradcheck(
         [t3](const TensorList& v) { return cross_entropy(v[0], t3, -100, 0, "none"); }, {x3});
+  }
+
+  TEST_CASE("cross_entropy on (N, C) CPU logits (the fused kernels): loss and gradient vs f64") {
+    manual_seed(13);
+    struct Case {
+      int64_t N, C, ignore;
+      bool with_ignored;
+      double eps;
+    };
+    const Case cases[] = {{9, 1003, -100, true, 0.0},
+                          {4, 16, -100, false, 0.1},
+                          {3, 50280, 7, true, 0.0},
+                          {6, 37, -1, true, 0.2},
+                          {1, 1, -100, false, 0.0}};
+    unsigned seed = 100;
+    for (const Case& k : cases) {
+      std::vector<int64_t> tv = make_targets(k.N, k.C, k.ignore, k.with_ignored, seed++);
+      for (bool nc : {false, true}) {
+        for (const char* red : {"mean", "sum", "none"}) {
+          CAPTURE(k.C);
+          CAPTURE(nc);
+          CAPTURE(red);
+          Tensor x = ct::rnd({k.N, k.C}, kF32, -6, 6, nc).requires_grad_();
+          Tensor t = tensor(tv, {k.N});
+          std::vector<double> xv = ct::vals(x);
+          CeRef r = ref_ce(xv, tv, k.N, k.C, 1, k.ignore, k.eps);
+          Tensor loss = cross_entropy(x, t, k.ignore, k.eps, red);
+          const std::string rs = red;
+          int64_t valid = 0;
+          for (int64_t v : tv) valid += v != k.ignore;
+          std::vector<double> go(static_cast<size_t>(k.N), 1.0);  // d total / d loss_i
+          if (rs == "none") {
+            ct::check_close(loss, r.none, 1e-5, 1e-5, "none");
+            Tensor g = ct::rnd({k.N}, kF32);
+            go = ct::vals(g);
+            loss.backward(g);
+          } else {
+            ct::check_close(loss, {rs == "sum" ? r.sum : r.mean}, 1e-5, 1e-5, rs);
+            if (rs == "mean")
+              for (double& v : go) v = 1.0 / static_cast<double>(valid);
+            loss.backward();
+          }
+          // d loss_i / d x_ic = softmax_ic - (1 - eps) [c == t_i] - eps / C
+          std::vector<double> ref(xv.size(), 0.0);
+          for (int64_t i = 0; i < k.N; ++i) {
+            if (tv[static_cast<size_t>(i)] == k.ignore) continue;
+            const double* row = xv.data() + i * k.C;
+            double m = *std::max_element(row, row + k.C), s = 0;
+            for (int64_t c = 0; c < k.C; ++c) s += std::exp(row[c] - m);
+            for (int64_t c = 0; c < k.C; ++c) {
+              double d = std::exp(row[c] - m) / s - k.eps / static_cast<double>(k.C);
+              if (c == tv[static_cast<size_t>(i)]) d -= 1 - k.eps;
+              ref[static_cast<size_t>(i * k.C + c)] = go[static_cast<size_t>(i)] * d;
+            }
+          }
+          CHECK(x.grad().sizes() == x.sizes());
+          ct::check_close(x.grad(), ref, 1e-4, 1e-6, "grad");
+        }
+      }
+    }
+    // f64 logits through the same kernels (here a transposed view), by central differences
+    Tensor x = ct::rnd({33, 5}, kF64, -3, 3).requires_grad_();
+    Tensor t = tensor(std::vector<int64_t>{3, -100, 32, 0, 7});
+    for (const char* red : {"mean", "sum", "none"}) {
+      const std::string rs = red;
+      ct::check_gradcheck(
+          [t, rs](const TensorList& v) { return cross_entropy(v[0].t(), t, -100, 0.15, rs); }, {x});
+    }
+    // modifying the logits in place after the loss is an error at backward, naming the op
+    Tensor y = ct::rnd({3, 4}, kF32).requires_grad_();
+    Tensor z = y * 2.0;
+    Tensor l = cross_entropy(z, tensor(std::vector<int64_t>{0, 1, 2}));
+    z.mul_(3.0);
+    ct::check_error([&] { l.backward(); }, {"cross_entropy"});
   }
 
   TEST_CASE("cross_entropy bad inputs") {

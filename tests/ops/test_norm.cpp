@@ -147,6 +147,66 @@ TEST_SUITE("ops.norm") {
                     ct::vals(rms_norm(x, w5, 0.1)), 0, 0);
   }
 
+  TEST_CASE("rms_norm on the CPU (the fused kernels): gradients against float64 references") {
+    manual_seed(31);
+    // rows past the 64-row blocks of the weight's gradient; odd widths; views
+    for (Shape s : {Shape{130, 17}, Shape{2, 3, 768}, Shape{5, 1}, Shape{67, 64}}) {
+      for (bool nc : {false, true}) {
+        for (bool with_w : {true, false}) {
+          const std::string shape = shape_str(s);
+          CAPTURE(shape);
+          CAPTURE(nc);
+          CAPTURE(with_w);
+          const int64_t D = s.back(), R = shape_numel(s) / D;
+          Tensor x = ct::rnd(s, kF32, -2, 2, nc).requires_grad_();
+          Tensor w = ct::rnd({D}, kF32, 0.5, 1.5).requires_grad_();
+          Tensor gy = ct::rnd(s, kF32);
+          const double eps = 1e-5;
+          Tensor y = rms_norm(x, with_w ? w : Tensor(), eps);
+          std::vector<double> xv = ct::vals(x), wv = ct::vals(w), gv = ct::vals(gy);
+          ct::check_close(y, ref_norm(xv, D, true, with_w ? wv : std::vector<double>{}, {}, eps),
+                          1e-5, 1e-6, "y");
+          y.backward(gy);
+          std::vector<double> dx(xv.size()), dw(static_cast<size_t>(D), 0.0);
+          for (int64_t i = 0; i < R; ++i) {
+            const double* xr = xv.data() + i * D;
+            const double* gr = gv.data() + i * D;
+            double ms = 0, dot = 0;
+            for (int64_t j = 0; j < D; ++j) ms += xr[j] * xr[j];
+            const double r = 1.0 / std::sqrt(ms / static_cast<double>(D) + eps);
+            for (int64_t j = 0; j < D; ++j) {
+              const double wj = with_w ? wv[j] : 1.0;
+              dot += wj * gr[j] * xr[j];
+              dw[j] += gr[j] * xr[j] * r;
+            }
+            for (int64_t j = 0; j < D; ++j) {
+              const double wj = with_w ? wv[j] : 1.0;
+              dx[i * D + j] = r * wj * gr[j] - xr[j] * r * r * r * dot / static_cast<double>(D);
+            }
+          }
+          CHECK(x.grad().sizes() == s);
+          ct::check_close(x.grad(), dx, 1e-4, 1e-5, "dx");
+          if (with_w)
+            ct::check_close(w.grad(), dw, 1e-4, 1e-4, "dw");
+          else
+            CHECK(!w.grad().defined());
+        }
+      }
+    }
+    // f64 through the same kernels, by central differences: x alone, the weight alone
+    Tensor x = ct::rnd({70, 3}, kF64).requires_grad_();
+    Tensor w = ct::rnd({3}, kF64, 0.5, 1.5).requires_grad_();
+    Tensor xd = x.detach(), wd = w.detach();
+    ct::check_gradcheck([wd](const TensorList& v) { return rms_norm(v[0], wd); }, {x});
+    ct::check_gradcheck([xd](const TensorList& v) { return rms_norm(xd, v[0], 0.3); }, {w});
+    // modifying the input in place after the op is an error at backward, naming it
+    Tensor a = ct::rnd({4, 6}).requires_grad_();
+    Tensor b = a * 1.0;
+    Tensor c = rms_norm(b).sum();
+    b.mul_(2.0);
+    ct::check_error([&] { c.backward(); }, {"rms_norm"});
+  }
+
   TEST_CASE("bad inputs are errors naming the op and shapes") {
     Tensor x = zeros({2, 3, 4});
     ct::check_error([&] { rms_norm(x, zeros({3})); }, {"rms_norm", "weight", "[3]", "[2, 3, 4]"});
