@@ -149,8 +149,7 @@ inline void write_loss_svg(const std::string& path, const std::vector<MetricRow>
     << "<text x=\"" << W - r - 150 << "\" y=\"" << t + 32
     << "\" fill=\"#d62728\">validation</text>\n"
     << "</svg>\n";
-  const std::string s = o.str();
-  coil::io::write_file_atomic(path, [&](std::FILE* f) { std::fwrite(s.data(), 1, s.size(), f); });
+  coil::io::write_text_file_atomic(path, o.str());
 }
 
 }  // namespace demo

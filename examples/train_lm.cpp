@@ -32,6 +32,7 @@ struct Args {
   double lr = 4e-3, max_minutes = 5.0;
   uint64_t seed = 0;
   int threads = 0;
+  bool steps_given = false;  // --resume keeps the run's steps unless --steps says otherwise
 };
 
 void usage() {
@@ -75,7 +76,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--d-model")
       a.d_model = std::stoll(val());
     else if (k == "--steps")
-      a.steps = std::stoll(val());
+      a.steps = std::stoll(val()), a.steps_given = true;
     else if (k == "--batch")
       a.batch = std::stoll(val());
     else if (k == "--seq-len")
@@ -131,7 +132,7 @@ std::string options_json(const Args& a) {
 void read_options(const std::string& run, Args& a) {
   json::Value j = json::parse_file(run + "/train_options.json");
   a.data = j.get<std::string>("data", a.data);
-  a.steps = j.get<int64_t>("steps", a.steps);
+  if (!a.steps_given) a.steps = j.get<int64_t>("steps", a.steps);
   a.batch = j.get<int64_t>("batch", a.batch);
   a.seq_len = j.get<int64_t>("seq_len", a.seq_len);
   a.lr = j.get<double>("lr", a.lr);
@@ -176,12 +177,10 @@ int main(int argc, char** argv) try {
     trainer.load_checkpoint(ckpt);
     metrics = demo::read_metrics(csv);
     std::printf("resumed %s at step %lld\n", a.out.c_str(), static_cast<long long>(trainer.step()));
+    if (a.steps_given) io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
   } else {
     config.save(a.out + "/config.json");
-    io::write_file_atomic(a.out + "/train_options.json", [&](std::FILE* f) {
-      std::string s = options_json(a);
-      std::fwrite(s.data(), 1, s.size(), f);
-    });
+    io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
   }
   std::printf(
       "model: %s, %lld layers, d_model %lld, %.2fM parameters; %lld steps of %lld x %lld bytes, %d "
@@ -223,6 +222,7 @@ int main(int argc, char** argv) try {
     }
   }
   bar.finish_line();
+  if (std::isnan(val_bpb)) val_bpb = trainer.evaluate(a.eval_batches) / kLn2;  // no step ran
   model->save_pretrained(a.out);
   trainer.save_checkpoint(ckpt);
   demo::write_metrics(csv, metrics);

@@ -134,13 +134,7 @@ double LMTrainer::evaluate(int64_t batches) const {
 
 void LMTrainer::save_checkpoint(const std::string& path) const {
   io::NamedTensors tensors;
-  std::vector<const StorageImpl*> seen;  // a tied head is stored once
-  for (auto& [name, t] : model_->state_dict()) {
-    const StorageImpl* s = t.impl_ptr()->storage.get();
-    if (std::find(seen.begin(), seen.end(), s) != seen.end()) continue;
-    seen.push_back(s);
-    tensors.emplace_back("model." + name, t);
-  }
+  for (auto& [name, t] : model_->state_dict_untied()) tensors.emplace_back("model." + name, t);
   for (auto& [name, t] : opt_->state_dict()) tensors.emplace_back("optim." + name, t);
   RngState rng = get_rng_state();
   io::Metadata meta = {{"format", "coil.lm_checkpoint"},

@@ -72,6 +72,14 @@ NamedTensors Module::state_dict() const {
   return out;
 }
 
+NamedTensors Module::state_dict_untied() const {
+  std::vector<std::pair<std::string, Tensor*>> all;
+  collect("", true, true, true, all);
+  NamedTensors out = unique_tensors(all);
+  for (auto& [name, t] : out) t = t.detach();
+  return out;
+}
+
 int64_t Module::num_parameters() const {
   int64_t n = 0;
   for (auto& [name, t] : named_parameters()) n += t.numel();

@@ -33,6 +33,9 @@ class Module : public std::enable_shared_from_this<Module> {
   }
   // Parameters and buffers (persistent ones) under every name, tied tensors under each name.
   NamedTensors state_dict() const;
+  // state_dict() with a tied tensor under its first name only: what a file stores (transformers
+  // drops the tied lm_head.weight the same way; load_state_dict accepts either name).
+  NamedTensors state_dict_untied() const;
   // Copies values into the registered tensors (converting dtype). strict: every key must be
   // expected and present. Shape mismatches always throw. Errors list the offending keys.
   void load_state_dict(const NamedTensors& state, bool strict = true);

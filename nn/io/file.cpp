@@ -59,6 +59,10 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
   fsync_parent_dir(path);
 }
 
+void write_text_file_atomic(const std::string& path, const std::string& text) {
+  write_file_atomic(path, [&](std::FILE* f) { std::fwrite(text.data(), 1, text.size(), f); });
+}
+
 std::string read_file(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   COIL_CHECK(f, "read_file: cannot open '", path, "': ", errno_str(errno));

@@ -15,5 +15,7 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
 
 // The whole file as bytes; coil::Error naming the path if it cannot be read.
 std::string read_file(const std::string& path);
+// write_file_atomic of a whole text (config.json, metrics, plots).
+void write_text_file_atomic(const std::string& path, const std::string& text);
 
 }  // namespace coil::io

@@ -164,8 +164,7 @@ std::string MambaConfig::to_json() const {
 }
 
 void MambaConfig::save(const std::string& path) const {
-  const std::string text = to_json();
-  io::write_file_atomic(path, [&](std::FILE* f) { std::fwrite(text.data(), 1, text.size(), f); });
+  io::write_text_file_atomic(path, to_json());
 }
 
 std::shared_ptr<MambaLM> MambaLM::from_pretrained(const std::string& dir, DType dtype) {
@@ -191,18 +190,9 @@ void MambaLM::save_pretrained(const std::string& dir) const {
   std::error_code ec;
   fs::create_directories(dir, ec);
   COIL_CHECK(!ec, "MambaLM::save_pretrained: cannot create '", dir, "': ", ec.message());
-  // A tied head is stored once, under the embedding's name, as transformers does. state_dict()
-  // holds detached views, so ties show as a shared storage.
-  NamedTensors out;
-  std::vector<const StorageImpl*> storages;
-  for (auto& [name, t] : state_dict()) {
-    const StorageImpl* s = t.impl_ptr()->storage.get();
-    if (std::find(storages.begin(), storages.end(), s) != storages.end()) continue;
-    storages.push_back(s);
-    out.emplace_back(name, t);
-  }
   config_.save((fs::path(dir) / "config.json").string());
-  io::save_safetensors_sharded(dir, out, int64_t(5) << 30);
+  // A tied head is stored once, under the embedding's name, as transformers does.
+  io::save_safetensors_sharded(dir, state_dict_untied(), int64_t(5) << 30);
 }
 
 }  // namespace coil::nn
