@@ -9,11 +9,28 @@
 
 #include "error.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace coil {
 namespace {
 
 // Blocks are rounded up to a bucket: powers of two up to 1 MiB, then multiples of 1 MiB.
 // Freed blocks wait in a per-bucket free list, so a training step reuses last step's memory.
+// Blocks of 2 MiB and more start on a 2 MiB boundary and ask for transparent huge pages: kernels
+// that stride through a large tensor (a scan reads one row per step, kilobytes apart) would
+// otherwise miss the TLB on nearly every row.
+constexpr size_t kHugePage = size_t(2) << 20;
+void* system_alloc(size_t b) {
+  if (b < kHugePage) return std::aligned_alloc(64, b);
+  void* p = std::aligned_alloc(kHugePage, b);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p) madvise(p, b, MADV_HUGEPAGE);  // a hint: failure only costs speed
+#endif
+  return p;
+}
+
 size_t bucket_size(size_t n) {
   if (n == 0) return 64;
   if (n <= (1u << 20)) {
@@ -39,10 +56,10 @@ class CpuCachingAllocator final : public Allocator {
       it->second.pop_back();
       stats_.bytes_cached -= static_cast<int64_t>(b);
     } else {
-      p = std::aligned_alloc(64, b);
+      p = system_alloc(b);
       if (!p) {
         empty_cache_locked();
-        p = std::aligned_alloc(64, b);
+        p = system_alloc(b);
       }
       if (!p)
         fail("allocate: out of memory asking for ", nbytes, " bytes (", stats_.bytes_in_use,

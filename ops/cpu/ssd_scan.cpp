@@ -40,6 +40,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../../core/allocator.h"
 #include "../../core/parallel.h"
 #include "../../core/simd.h"
 #include "kernels.h"
@@ -48,22 +49,23 @@ namespace coil::cpu {
 
 namespace {
 
-// 64-byte aligned, zeroed scratch.
+// 64-byte aligned, zeroed scratch from the caching allocator: a large block freed by the last
+// call is reused instead of being mapped (and its pages faulted in) again.
 template <class T>
 class Scratch {
  public:
-  explicit Scratch(int64_t n, bool zero = true) {
-    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
-    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
-    COIL_CHECK(p_, "ssd_scan: out of memory for ", bytes, " bytes of scratch");
-    if (zero) std::memset(p_, 0, bytes);
+  explicit Scratch(int64_t n, bool zero = true)
+      : bytes_((static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64) {
+    p_ = static_cast<T*>(get_allocator(kCPU)->allocate(bytes_));
+    if (zero) std::memset(p_, 0, bytes_);
   }
-  ~Scratch() { std::free(p_); }
+  ~Scratch() { get_allocator(kCPU)->deallocate(p_, bytes_); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   T* get() const { return p_; }
 
  private:
+  size_t bytes_;
   T* p_;
 };
 
@@ -1025,8 +1027,17 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
   const bool shared = k.hpg > 1 && slots > 1;
   T* dB = bw.dB.data_ptr<T>();
   T* dC = bw.dC.data_ptr<T>();
-  std::fill(dB, dB + bc, T(0));
-  std::fill(dC, dC + bc, T(0));
+  Scratch<T> extra(shared ? (slots - 1) * 2 * bc : 0, false);
+  // The accumulators start at zero, cleared in parallel (they are megabytes at long L).
+  parallel_for(0, bc, 1 << 16, [&](int64_t e0, int64_t e1) {
+    std::fill(dB + e0, dB + e1, T(0));
+    std::fill(dC + e0, dC + e1, T(0));
+    for (int64_t s = 0; shared && s + 1 < slots; ++s) {
+      T* ex = extra.get() + s * 2 * bc;
+      std::fill(ex + e0, ex + e1, T(0));
+      std::fill(ex + bc + e0, ex + bc + e1, T(0));
+    }
+  });
   // C . B of every (batch, step, group), shared by the group's heads.
   std::vector<T> cb(static_cast<size_t>(k.batch * k.L * k.G));
   parallel_for(0, k.batch * k.L * k.G, 1024, [&](int64_t r0, int64_t r1) {
@@ -1037,7 +1048,6 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
       cb[r] = static_cast<T>(Ssd<T>::dot_n(ct, bt, k.Np));
     }
   });
-  Scratch<T> extra(shared ? (slots - 1) * 2 * bc : 0);
   std::vector<double> dA(pairs), dD(pairs), dbias(pairs);
   parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
     typename Ssd<T>::BwdScratch sc(k);
