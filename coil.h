@@ -15,4 +15,7 @@
 
 #include "ops/ops.h"
 
+#include "dist/functional.h"
+#include "dist/process_group.h"
+
 #include "nn/nn.h"
