@@ -15,6 +15,8 @@
 
 #include "ops/ops.h"
 
+#include "dist/device_mesh.h"
+#include "dist/dtensor.h"
 #include "dist/functional.h"
 #include "dist/process_group.h"
 

@@ -222,11 +222,11 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
               "MPI_Reduce_scatter");
   }
   void all_to_all(const void* in, const std::vector<int64_t>& send_bytes, void* out,
-                  const std::vector<int64_t>& recv_bytes, double deadline) override {
+                  const std::vector<int64_t>& recv_bytes, bool even, double deadline) override {
     const std::vector<int> sc = ints(send_bytes, "bytes to a rank");
     const std::vector<int> rc = ints(recv_bytes, "bytes from a rank");
     MPI_Request r;
-    if (all_equal(sc) && sc == rc) {
+    if (even) {
       if (deadline > 0) {
         check_mpi(MPI_Ialltoall(in, sc[0], MPI_BYTE, out, sc[0], MPI_BYTE, comm_, &r),
                   "MPI_Ialltoall");

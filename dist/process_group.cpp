@@ -316,10 +316,11 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
   const int64_t rb = row_elems(in) * static_cast<int64_t>(in.element_size());
   const auto sb = scaled(sc, rb), rbytes = scaled(rc, rb);
   const double timeout = deadline_for(o);
+  const bool even = send_counts.empty() && recv_counts.empty();
   return submit(
       w,
-      [src, dst, sb, rbytes, timeout](Transport& tr) {
-        tr.all_to_all(src->data(), sb, dst->data(), rbytes,
+      [src, dst, sb, rbytes, even, timeout](Transport& tr) {
+        tr.all_to_all(src->data(), sb, dst->data(), rbytes, even,
                       timeout > 0 ? detail::now_s() + timeout : 0);
         dst->write_back();
       },
@@ -391,7 +392,7 @@ class LocalTransport final : public ProcessGroup::Transport {
     copy(out, in, counts[0] * static_cast<int64_t>(dtype_size(t)));
   }
   void all_to_all(const void* in, const std::vector<int64_t>& send_bytes, void* out,
-                  const std::vector<int64_t>&, double) override {
+                  const std::vector<int64_t>&, bool, double) override {
     copy(out, in, send_bytes[0]);
   }
   void broadcast(void*, int64_t, int, double) override {}

@@ -92,8 +92,10 @@ class ProcessGroup {
                             double deadline) = 0;
     virtual void reduce_scatter(const void* in, void* out, const std::vector<int64_t>& counts,
                                 DType t, ReduceOp op, double deadline) = 0;
+    // even: every rank passed no counts (equal blocks everywhere), so the plain all-to-all
+    // matches on all ranks; per-rank counts must take the v-form on every rank.
     virtual void all_to_all(const void* in, const std::vector<int64_t>& send_bytes, void* out,
-                            const std::vector<int64_t>& recv_bytes, double deadline) = 0;
+                            const std::vector<int64_t>& recv_bytes, bool even, double deadline) = 0;
     virtual void broadcast(void* buf, int64_t bytes, int root, double deadline) = 0;
     virtual void barrier(double deadline) = 0;
   };
