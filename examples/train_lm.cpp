@@ -147,6 +147,10 @@ constexpr double kLn2 = 0.6931471805599453;
 int main(int argc, char** argv) try {
   Args a = parse(argc, argv);
   if (a.threads > 0) set_num_threads(a.threads);
+  // Under mpirun every rank trains on its slice of each batch (data parallelism); rank 0
+  // prints and writes the run folder.
+  dist::init();
+  const bool main_rank = dist::rank() == 0;
   const bool resuming = !a.resume.empty();
   if (resuming) {
     a.out = a.resume;
@@ -154,9 +158,10 @@ int main(int argc, char** argv) try {
   }
   manual_seed(a.seed);
   nn::ByteCorpus data = nn::ByteCorpus::open(a.data);
-  std::printf("data: %s, %.2f MB (%lld train / %lld validation bytes)\n", a.data.c_str(),
-              data.size() / 1e6, static_cast<long long>(data.train_size()),
-              static_cast<long long>(data.val_size()));
+  if (main_rank)
+    std::printf("data: %s, %.2f MB (%lld train / %lld validation bytes)\n", a.data.c_str(),
+                data.size() / 1e6, static_cast<long long>(data.train_size()),
+                static_cast<long long>(data.val_size()));
 
   nn::MambaConfig config =
       resuming ? nn::MambaConfig::load(a.out + "/config.json") : demo_config(a);
@@ -168,27 +173,37 @@ int main(int argc, char** argv) try {
   to.warmup_steps = std::min<int64_t>(50, a.steps / 10);
   to.lr = a.lr;
   to.data_seed = 1000 + a.seed;
+  to.data_parallel = dist::world_size() > 1;
   nn::LMTrainer trainer(model, data, to);
 
-  fs::create_directories(a.out);
+  if (main_rank) fs::create_directories(a.out);
+  dist::barrier();
   const std::string ckpt = a.out + "/checkpoint.safetensors", csv = a.out + "/metrics.csv";
   std::vector<demo::MetricRow> metrics;
   if (resuming) {
     trainer.load_checkpoint(ckpt);
     metrics = demo::read_metrics(csv);
-    std::printf("resumed %s at step %lld\n", a.out.c_str(), static_cast<long long>(trainer.step()));
-    if (a.steps_given) io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
-  } else {
+    if (main_rank) {
+      std::printf("resumed %s at step %lld\n", a.out.c_str(),
+                  static_cast<long long>(trainer.step()));
+      if (a.steps_given) io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
+    }
+  } else if (main_rank) {
     config.save(a.out + "/config.json");
     io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
   }
-  std::printf(
-      "model: %s, %lld layers, d_model %lld, %.2fM parameters; %lld steps of %lld x %lld bytes, %d "
-      "threads\n",
-      config.model_type.c_str(), static_cast<long long>(config.num_hidden_layers),
-      static_cast<long long>(config.hidden_size), model->num_parameters() / 1e6,
-      static_cast<long long>(a.steps), static_cast<long long>(a.batch),
-      static_cast<long long>(a.seq_len), get_num_threads());
+  if (main_rank && dist::world_size() > 1)
+    std::printf("data parallel over %d ranks: %lld rows of each batch per rank\n",
+                dist::world_size(), static_cast<long long>(a.batch / dist::world_size()));
+  if (main_rank)
+    std::printf(
+        "model: %s, %lld layers, d_model %lld, %.2fM parameters; %lld steps of %lld x %lld bytes, "
+        "%d "
+        "threads\n",
+        config.model_type.c_str(), static_cast<long long>(config.num_hidden_layers),
+        static_cast<long long>(config.hidden_size), model->num_parameters() / 1e6,
+        static_cast<long long>(a.steps), static_cast<long long>(a.batch),
+        static_cast<long long>(a.seq_len), get_num_threads());
 
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -204,27 +219,37 @@ int main(int argc, char** argv) try {
     const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
     const double tok_s = (s - start_step) * trainer.tokens_per_step() / elapsed;
     out_of_time = elapsed > a.max_minutes * 60;
+    if (dist::world_size() > 1) {  // every rank stops at the same step: rank 0's clock decides
+      Tensor stop = full({1}, out_of_time ? 1.0 : 0.0, Options(kI32));
+      dist::broadcast(stop, 0);
+      out_of_time = stop.item<int32_t>() != 0;
+    }
     const bool eval_now = s % a.eval_every == 0 || s == a.steps || out_of_time;
     if (eval_now) val_bpb = trainer.evaluate(a.eval_batches) / kLn2;
     metrics.push_back({s, loss / kLn2, eval_now ? val_bpb : NAN, trainer.lr(), tok_s});
-    bar.update(s, smoothed / kLn2, tok_s, elapsed, (a.steps - s) * elapsed / (s - start_step));
+    if (main_rank)
+      bar.update(s, smoothed / kLn2, tok_s, elapsed, (a.steps - s) * elapsed / (s - start_step));
     if (eval_now) {
-      bar.finish_line();
-      std::printf("step %5lld  train %.3f bits/byte  validation %.3f bits/byte\n",
-                  static_cast<long long>(s), smoothed / kLn2, val_bpb);
       trainer.save_checkpoint(ckpt);
-      demo::write_metrics(csv, metrics);
+      if (main_rank) {
+        bar.finish_line();
+        std::printf("step %5lld  train %.3f bits/byte  validation %.3f bits/byte\n",
+                    static_cast<long long>(s), smoothed / kLn2, val_bpb);
+        demo::write_metrics(csv, metrics);
+      }
     }
     if (out_of_time) {
-      std::printf("time budget of %.1f minutes reached at step %lld\n", a.max_minutes,
-                  static_cast<long long>(s));
+      if (main_rank)
+        std::printf("time budget of %.1f minutes reached at step %lld\n", a.max_minutes,
+                    static_cast<long long>(s));
       break;
     }
   }
-  bar.finish_line();
   if (std::isnan(val_bpb)) val_bpb = trainer.evaluate(a.eval_batches) / kLn2;  // no step ran
-  model->save_pretrained(a.out);
   trainer.save_checkpoint(ckpt);
+  if (!main_rank) return 0;
+  bar.finish_line();
+  model->save_pretrained(a.out);
   demo::write_metrics(csv, metrics);
   demo::write_loss_svg(a.out + "/loss.svg", metrics, config.model_type);
   const double secs = std::chrono::duration<double>(clock::now() - t0).count();

@@ -13,6 +13,7 @@
 #include "../core/error.h"
 #include "../core/rng.h"
 #include "../ops/ops.h"
+#include "data_parallel.h"
 #include "io/file.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -97,7 +98,14 @@ LMTrainer::LMTrainer(std::shared_ptr<MambaLM> model, ByteCorpus data, TrainOptio
   opt_ = std::make_unique<optim::AdamW>(pg, ao);
   sched_ = std::make_unique<optim::LRScheduler>(
       *opt_, optim::LRSchedule::cosine(o_.warmup_steps, o_.total_steps, o_.min_lr_ratio));
+  if (o_.data_parallel && dist::world_size() > 1) {
+    COIL_CHECK(o_.batch % dist::world_size() == 0, "LMTrainer: batch ", o_.batch,
+               " does not split evenly over ", dist::world_size(), " data-parallel ranks");
+    dp_ = std::make_unique<DataParallel>(*model_);
+  }
 }
+
+LMTrainer::~LMTrainer() = default;
 
 namespace {
 Tensor lm_loss(const MambaLM& m, const Tensor& window) {
@@ -111,14 +119,25 @@ Tensor lm_loss(const MambaLM& m, const Tensor& window) {
 double LMTrainer::train_step() {
   model_->train();
   Tensor w = data_.batch(false, o_.batch, o_.seq_len, o_.data_seed, step_);
+  if (dp_) {  // this rank's rows of the global batch
+    const int64_t rows = o_.batch / dist::world_size();
+    w = w.narrow(0, dist::rank() * rows, rows);
+  }
   Tensor loss = lm_loss(*model_, w);
   opt_->zero_grad();
   loss.backward();
+  double value = loss.item<double>();
+  if (dp_) {
+    dp_->finish_gradient_sync();
+    Tensor v = full({1}, value, Options(kF64));
+    dist::all_reduce(v, dist::ReduceOp::kAvg);
+    value = v.item<double>();
+  }
   if (o_.grad_clip > 0) optim::clip_grad_norm_(model_->parameters(), o_.grad_clip);
   opt_->step();
   sched_->step();
   ++step_;
-  return loss.item<double>();
+  return value;
 }
 
 double LMTrainer::evaluate(int64_t batches) const {
@@ -133,6 +152,7 @@ double LMTrainer::evaluate(int64_t batches) const {
 }
 
 void LMTrainer::save_checkpoint(const std::string& path) const {
+  if (dp_ && dist::rank() != 0) return;  // the replicas are identical: rank 0 writes
   io::NamedTensors tensors;
   for (auto& [name, t] : model_->state_dict_untied()) tensors.emplace_back("model." + name, t);
   for (auto& [name, t] : opt_->state_dict()) tensors.emplace_back("optim." + name, t);

@@ -44,12 +44,20 @@ struct TrainOptions {
   double beta1 = 0.9, beta2 = 0.95;
   double grad_clip = 1.0;
   uint64_t data_seed = 1234;
+  // Under mpirun: every rank trains on its equal slice of each batch (batch / world size rows)
+  // and gradients are averaged over the world (nn::DataParallel), so the run computes what one
+  // process computes on the whole batch. Only rank 0 writes checkpoints.
+  bool data_parallel = false;
 };
+
+class DataParallel;
 
 class LMTrainer {
  public:
   LMTrainer(std::shared_ptr<MambaLM> model, ByteCorpus data, TrainOptions options);
-  // One optimizer step on the next training batch; returns its loss in nats per byte.
+  ~LMTrainer();
+  // One optimizer step on the next training batch; returns its loss in nats per byte (the
+  // whole batch's, averaged over the ranks under data parallelism).
   double train_step();
   // Mean validation loss (nats per byte) over `batches` fixed validation batches.
   double evaluate(int64_t batches) const;
@@ -73,6 +81,7 @@ class LMTrainer {
   TrainOptions o_;
   std::unique_ptr<optim::AdamW> opt_;
   std::unique_ptr<optim::LRScheduler> sched_;
+  std::unique_ptr<DataParallel> dp_;  // set under data parallelism over more than one rank
   int64_t step_ = 0;
 };
 

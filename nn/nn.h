@@ -1,6 +1,7 @@
 // nn: modules, layers, the Mamba models, optimizers.
 #pragma once
 
+#include "data_parallel.h"
 #include "layers.h"
 #include "lm_trainer.h"
 #include "mamba.h"
