@@ -115,6 +115,10 @@ bool Tensor::is_contiguous() const {
 }
 
 void* Tensor::raw_data() const {
+  // A DTensor's sizes are the global tensor's; its bytes are its local piece, reached through
+  // dist::to_local (ops get there by the dist hook before any kernel runs).
+  COIL_CHECK(!impl().dist, "raw_data: a distributed tensor of global shape ", shape_str(),
+             " has no single buffer; use dist::to_local(t) for this rank's piece");
   return static_cast<char*>(impl().storage->data) +
          impl().offset * static_cast<int64_t>(element_size());
 }

@@ -62,6 +62,8 @@ Tensor alias(const Tensor& t, std::shared_ptr<DistSpecBase> spec) {
   return Tensor(impl);
 }
 Tensor plain(const Tensor& t) { return alias(t, nullptr); }
+// The local piece of a DTensor as a fresh plain alias (no autograd history).
+Tensor local_of(const Tensor& dt) { return plain(dtensor_spec(dt).local); }
 
 // Placements checked against the mesh and the tensor, shard dims made non-negative.
 Placements normalized(const char* op, const Placements& p, const DeviceMesh& mesh, int64_t ndim,
@@ -231,14 +233,26 @@ Tensor redistribute_local(Tensor L, const Shape& global, const DeviceMesh& mesh,
   return L;
 }
 
+// A DTensor over `local`: global sizes, the local piece's storage (kept alive, never read
+// through the DTensor itself) and dtype.
 Tensor make(const Tensor& local, const DeviceMesh& mesh, const Placements& p, const Shape& g) {
-  return alias(local, std::make_shared<DTensorSpec>(mesh, p, g));
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = local.impl().storage;
+  impl->sizes = g;
+  impl->strides = contiguous_strides(g);
+  impl->dtype = local.dtype();
+  impl->dist = std::make_shared<DTensorSpec>(mesh, p, g, plain(local));
+  return Tensor(impl);
 }
 
 // The gradient that reaches a DTensor op's backward, as a DTensor with spec s (a plain tensor
 // is taken as the local piece).
 Tensor as_dtensor(const Tensor& grad, const DTensorSpec& s) {
-  return is_dtensor(grad) ? grad : make(grad, s.mesh, s.placements, s.global_shape);
+  if (is_dtensor(grad)) return grad;
+  // a plain gradient of the global shape (the engine's ones or zeros): this rank's piece
+  if (grad.sizes() == s.global_shape && grad.sizes() != s.local.sizes())
+    return distribute_tensor(grad, s.mesh, s.placements);
+  return make(grad, s.mesh, s.placements, s.global_shape);
 }
 
 }  // namespace
@@ -299,17 +313,27 @@ Tensor from_local(const Tensor& local, const DeviceMesh& mesh, const Placements&
              " of the global ", shape_str(global), " (shards follow torch.chunk's split)");
   Tensor out = make(local, mesh, p, global);
   if (needs_grad({&local}))
-    record("dist.from_local", {local}, {out}, [](const TensorList& g) -> TensorList {
-      return {is_dtensor(g[0]) ? plain(g[0]) : g[0]};
+    record("dist.from_local", {local}, {out}, [spec = dtensor_spec(out)](const TensorList& g) {
+      // the gradient's piece where the output's piece was (a Partial piece: all of it)
+      Placements want = spec.placements;
+      for (Placement& q : want)
+        if (q.is_partial()) q = Replicate();
+      Tensor d = as_dtensor(g[0], spec);
+      if (dtensor_spec(d).placements != want) d = redistribute(d, want);
+      return TensorList{local_of(d)};
     });
   return out;
 }
 
-Tensor to_local(const Tensor& dt) {
+Tensor to_local(const Tensor& dt, const std::optional<Placements>& grad_placements) {
   const DTensorSpec& s = dtensor_spec(dt);
-  Tensor out = plain(dt);
+  Tensor out = local_of(dt);
   if (needs_grad({&dt})) {
-    auto spec = std::make_shared<DTensorSpec>(s);
+    auto spec = std::make_shared<DTensorSpec>(s.mesh, grad_placements.value_or(s.placements),
+                                              s.global_shape, s.local);
+    COIL_CHECK(static_cast<int64_t>(spec->placements.size()) == s.mesh.ndim(),
+               "to_local: ", spec->placements.size(), " grad placements for a mesh of ",
+               s.mesh.ndim(), " dims");
     record("dist.to_local", {dt}, {out},
            [spec](const TensorList& g) -> TensorList { return {as_dtensor(g[0], *spec)}; });
   }
@@ -320,11 +344,11 @@ Tensor redistribute(const Tensor& dt, const Placements& p_in) {
   const DTensorSpec& s = dtensor_spec(dt);
   const Placements dst = normalized("redistribute", p_in, s.mesh,
                                     static_cast<int64_t>(s.global_shape.size()), dt.dtype());
-  Tensor L = redistribute_local(plain(dt), s.global_shape, s.mesh, s.placements, dst);
+  Tensor L = redistribute_local(local_of(dt), s.global_shape, s.mesh, s.placements, dst);
   Tensor out = make(L, s.mesh, dst, s.global_shape);
   if (needs_grad({&dt})) {
     auto src = std::make_shared<DTensorSpec>(s);
-    auto to = std::make_shared<DTensorSpec>(s.mesh, dst, s.global_shape);
+    auto to = std::make_shared<DTensorSpec>(s.mesh, dst, s.global_shape, L);
     record("dist.redistribute", {dt}, {out}, [src, to](const TensorList& g) -> TensorList {
       // the gradient of a Partial input is the whole gradient on every rank
       Placements back = src->placements;

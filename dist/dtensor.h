@@ -9,7 +9,9 @@
 //   auto y = dist::redistribute(x, {dist::Replicate()});        // all_gather
 //   Tensor whole = dist::full_tensor(y);
 //
-// A DTensor's sizes() are those of its local piece; dtensor_spec(t).global_shape the whole's.
+// As in PyTorch, a DTensor's sizes() are the global tensor's (composite ops that read shapes
+// stay right); its bytes are this rank's piece, which to_local returns. Reading a DTensor's
+// data any other way is an error.
 // from_local, to_local, redistribute and full_tensor are differentiable; the gradient of a
 // DTensor is a DTensor with its placements (Partial ones come back as Replicate).
 #pragma once
@@ -44,8 +46,12 @@ struct DTensorSpec final : DistSpecBase {
   DeviceMesh mesh;
   Placements placements;
   Shape global_shape;
-  DTensorSpec(DeviceMesh m, Placements p, Shape g)
-      : mesh(std::move(m)), placements(std::move(p)), global_shape(std::move(g)) {}
+  Tensor local;  // this rank's piece (a plain tensor); the DTensor shares its storage
+  DTensorSpec(DeviceMesh m, Placements p, Shape g, Tensor l = Tensor())
+      : mesh(std::move(m)),
+        placements(std::move(p)),
+        global_shape(std::move(g)),
+        local(std::move(l)) {}
 };
 
 bool is_dtensor(const Tensor& t);
@@ -65,7 +71,11 @@ Tensor distribute_tensor(const Tensor& global, const DeviceMesh& mesh, const Pla
 // are exchanged to find it; the pieces must follow the Shard split.
 Tensor from_local(const Tensor& local, const DeviceMesh& mesh, const Placements& p,
                   const std::optional<Shape>& global_shape = std::nullopt);
-Tensor to_local(const Tensor& dtensor);  // this rank's piece as a plain tensor (no copy)
+// This rank's piece as a plain tensor (no copy). In backward, the piece's gradient is taken as a
+// DTensor with grad_placements (default: the DTensor's own): a Replicate input of a computation
+// that each rank runs on different pieces gets a Partial(sum) gradient, as in PyTorch.
+Tensor to_local(const Tensor& dtensor,
+                const std::optional<Placements>& grad_placements = std::nullopt);
 // The same global tensor with other placements: one mesh dim at a time, by the collective the
 // transition needs (all_gather, all_reduce, reduce_scatter, all_to_all, or a local chunk).
 Tensor redistribute(const Tensor& dtensor, const Placements& p);

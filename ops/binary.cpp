@@ -121,6 +121,12 @@ Tensor apply_binary(const char* name, BinaryOp id, const Tensor& a, const Tensor
 
 // In-place: compute out of place (recording the graph when needed), then write into a.
 Tensor& apply_inplace(const char* name, BinaryOp id, Tensor& a, const Tensor& b, double alpha) {
+  if (any_distributed({&a, &b})) {  // the out-of-place result, copied into a's placements
+    Tensor r = apply_binary(name, id, a, b, alpha);
+    NoGradGuard g;
+    a.copy_(r);
+    return a;
+  }
   Shape s = broadcast_shapes(name, a.sizes(), b.sizes());
   COIL_CHECK(s == a.sizes(), name, ": result of shape ", shape_str(s),
              " does not fit the in-place ", "target of shape ", a.shape_str());

@@ -55,6 +55,10 @@ Tensor Tensor::to(Device d) const {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   COIL_OP("copy_");
+  if (any_distributed({this, &src})) {
+    dist_dispatch(op_, {*this, src}, {});
+    return *this;
+  }
   COIL_CHECK(!(GradMode::is_enabled() && (requires_grad() || src.requires_grad())),
              "copy_: in-place copy is not recorded by autograd, and ",
              requires_grad() ? "the destination" : "the source",
@@ -70,6 +74,10 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::fill_(Scalar v) {
   COIL_OP("fill_");
+  if (any_distributed({this})) {
+    dist_dispatch(op_, {*this}, {{"value", v.to_double()}});
+    return *this;
+  }
   COIL_CHECK(!(GradMode::is_enabled() && is_leaf() && requires_grad()),
              "fill_: a leaf tensor that ",
              "requires grad is used in an in-place operation; wrap it in NoGradGuard");

@@ -135,7 +135,8 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
     SavedTensor si(idx, "embedding");
     record("embedding", {weight}, {out}, [si, V, D](const TensorList& gr) {
       Tensor z = zeros({V, D}, Options(gr[0].dtype(), gr[0].device()));
-      return TensorList{index_add(z, 0, reshape(si.unpack(), {-1}), reshape(gr[0], {-1, D}))};
+      Tensor ids_flat = reshape(si.unpack(), {-1});  // rows given explicitly: D may be 0
+      return TensorList{index_add(z, 0, ids_flat, reshape(gr[0], {ids_flat.numel(), D}))};
     });
   }
   check_anomaly("embedding", {weight, ids}, {out});
