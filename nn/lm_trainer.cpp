@@ -13,6 +13,7 @@
 #include "../core/error.h"
 #include "../core/rng.h"
 #include "../ops/ops.h"
+#include "../dist/dtensor.h"
 #include "data_parallel.h"
 #include "io/file.h"
 #include "io/json.h"
@@ -126,7 +127,7 @@ double LMTrainer::train_step() {
   Tensor loss = lm_loss(*model_, w);
   opt_->zero_grad();
   loss.backward();
-  double value = loss.item<double>();
+  double value = (dist::is_dtensor(loss) ? dist::full_tensor(loss) : loss).item<double>();
   if (dp_) {
     dp_->finish_gradient_sync();
     Tensor v = full({1}, value, Options(kF64));
@@ -144,9 +145,10 @@ double LMTrainer::evaluate(int64_t batches) const {
   NoGradGuard no_grad;
   model_->eval();
   double total = 0;
-  for (int64_t i = 0; i < batches; ++i)
-    total += lm_loss(*model_, data_.batch(true, o_.batch, o_.seq_len, o_.data_seed + 1, i))
-                 .item<double>();
+  for (int64_t i = 0; i < batches; ++i) {
+    Tensor l = lm_loss(*model_, data_.batch(true, o_.batch, o_.seq_len, o_.data_seed + 1, i));
+    total += (dist::is_dtensor(l) ? dist::full_tensor(l) : l).item<double>();
+  }
   model_->train();
   return total / static_cast<double>(std::max<int64_t>(1, batches));
 }

@@ -135,25 +135,28 @@ void Module::train(bool on) {
   for (auto& [name, child] : children_) child->train(on);
 }
 
-void Module::to(DType dtype) {
+void Module::replace_tensors(const std::function<Tensor(const std::string&, const Tensor&)>& fn) {
   std::vector<std::pair<std::string, Tensor*>> all;
   collect("", true, true, false, all);
-  std::map<const TensorImpl*, Tensor> converted;  // keeps tied tensors tied
+  std::map<const TensorImpl*, Tensor> done;  // keeps tied tensors tied
   std::vector<Tensor> old;  // alive until the end, so no impl address is reused meanwhile
-  NoGradGuard no_grad;
   for (auto& [name, t] : all) {
-    if (!t->is_floating_point() || t->dtype() == dtype) continue;
     const TensorImpl* key = t->impl_ptr().get();
-    auto it = converted.find(key);
-    if (it == converted.end()) {
-      bool rg = t->requires_grad();
-      Tensor c = t->to(dtype);
-      if (rg) c.requires_grad_(true);
-      it = converted.emplace(key, c).first;
-    }
+    auto it = done.find(key);
+    if (it == done.end()) it = done.emplace(key, fn(name, *t)).first;
     old.push_back(*t);
     *t = it->second;
   }
+}
+
+void Module::to(DType dtype) {
+  NoGradGuard no_grad;
+  replace_tensors([dtype](const std::string&, const Tensor& t) {
+    if (!t.is_floating_point() || t.dtype() == dtype) return t;
+    Tensor c = t.to(dtype);
+    if (t.requires_grad()) c.requires_grad_(true);
+    return c;
+  });
 }
 
 void Module::zero_grad() {

@@ -4,6 +4,7 @@
 // so `to(dtype)` and `load_state_dict` update the members themselves. Modules therefore live behind
 // std::shared_ptr and are neither copied nor moved.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -47,6 +48,10 @@ class Module : public std::enable_shared_from_this<Module> {
   bool is_training() const { return training_; }
   // Converts floating parameters and buffers; tied tensors stay tied.
   void to(DType dtype);
+  // Replaces every parameter and buffer by fn(name, tensor); a tensor registered under several
+  // names (a tied head) is replaced once, under its first name, and stays shared. How to(dtype)
+  // and nn::parallelize_module swap the tensors the layers hold.
+  void replace_tensors(const std::function<Tensor(const std::string&, const Tensor&)>& fn);
   void zero_grad();
 
  protected:

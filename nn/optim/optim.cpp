@@ -9,6 +9,7 @@
 
 #include "../../autograd/grad_mode.h"
 #include "../../core/parallel.h"
+#include "../../dist/dtensor.h"
 #include "../../ops/ops.h"
 
 namespace coil::optim {
@@ -292,6 +293,13 @@ void AdamW::step() {
       Tensor p = grp.params[pi];
       Tensor g = p.grad();
       if (!g.defined()) continue;
+      if (dist::is_dtensor(p)) {
+        // a DTensor parameter: each rank updates its piece with the gradient's matching piece
+        // (a Partial gradient is reduced here); the state holds pieces too
+        const dist::Placements& pl = dist::dtensor_spec(p).placements;
+        g = dist::is_dtensor(g) ? dist::to_local(dist::redistribute(g, pl)) : g;
+        p = dist::to_local(p);
+      }
       Tensor& m = m_[gi][pi];
       Tensor& v = v_[gi][pi];
       if (!m.defined()) {
@@ -425,9 +433,14 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
   std::vector<Tensor> keep;   // contiguous copies of non-contiguous gradients
   std::vector<Tensor> other;  // gradients scaled with mul_ (not contiguous, not CPU f32/f64)
   std::unordered_set<const void*> seen;
+  std::vector<Tensor> distributed;  // DTensor gradients: their norm is summed over the pieces
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
+    if (dist::is_dtensor(g)) {
+      distributed.push_back(p);
+      continue;
+    }
     if (g.device().type == kCPU && (g.dtype() == kF32 || g.dtype() == kF64)) {
       Tensor gc = g.contiguous();
       // a gradient met twice (a parameter listed twice) is scaled twice, the second time by mul_
@@ -456,6 +469,25 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
     }
   });
   for (double v : part) total += v;
+  for (const Tensor& p : distributed) {
+    // Partial pieces reduced first (the parameter keeps the reduced gradient); a Shard piece's
+    // squares are summed over its mesh dim
+    Tensor g = p.grad();
+    const dist::DTensorSpec& s = dist::dtensor_spec(g);
+    dist::Placements pl = s.placements;
+    for (auto& q : pl)
+      if (q.is_partial()) q = dist::Replicate();
+    if (pl != s.placements) {
+      g = dist::redistribute(g, pl);
+      const_cast<Tensor&>(p).set_grad(g);
+    }
+    Tensor sq = full({1}, sum(square(dist::to_local(g).to(kF64))).item<double>(), Options(kF64));
+    for (int64_t i = 0; i < s.mesh.ndim(); ++i)
+      if (pl[i].is_shard())
+        s.mesh.group(i)->all_reduce(sq, dist::ReduceOp::kSum, dist::blocking())->wait();
+    total += sq.item<double>();
+    other.push_back(g);
+  }
   double norm = std::sqrt(total);
   if (norm > max_norm && norm > 0) {
     double scale = max_norm / (norm + 1e-6);

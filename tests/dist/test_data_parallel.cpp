@@ -28,9 +28,28 @@ std::string corpus(const ct::TempDir& dir) {
   return path;
 }
 
-std::vector<double> train(bool data_parallel, const std::string& path, int steps) {
+// tensor_parallel: every layer's in_proj colwise and out_proj rowwise over the world.
+std::vector<double> train(bool data_parallel, const std::string& path, int steps,
+                          bool tensor_parallel = false, const std::string& mixer = "mamba") {
   manual_seed(5);
-  auto model = std::make_shared<nn::MambaLM>(tiny());
+  nn::MambaConfig cfg = tiny();
+  cfg.model_type = mixer;
+  if (mixer == "mamba2") {
+    cfg.num_heads = 4;
+    cfg.head_dim = 8;
+    cfg.n_groups = 1;
+    cfg.chunk_size = 8;
+  }
+  auto model = std::make_shared<nn::MambaLM>(cfg);
+  if (tensor_parallel) {
+    std::vector<std::pair<std::string, nn::ParallelStyle>> plan;
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+      const std::string m = "backbone.layers." + std::to_string(l) + ".mixer.";
+      plan.emplace_back(m + "in_proj", nn::ParallelStyle::kColwise);
+      plan.emplace_back(m + "out_proj", nn::ParallelStyle::kRowwise);
+    }
+    nn::parallelize_module(*model, dist::DeviceMesh::world("tp"), plan);
+  }
   nn::TrainOptions o;
   o.batch = 8;  // 8, 4 or 2 rows per rank
   o.seq_len = 16;
@@ -57,6 +76,21 @@ TEST_SUITE("dist") {
       CHECK(std::abs(dp[s] - one[s]) <= 1e-5);
     }
     CHECK(one[19] < one[0] - 0.5);  // it learned something
+  }
+
+  TEST_CASE(
+      "tensor-parallel Linear layout (colwise in_proj, rowwise out_proj) trains as one process") {
+    ct::TempDir dir;
+    const std::string path = corpus(dir);
+    for (const char* mixer : {"mamba", "mamba2"}) {
+      CAPTURE(mixer);
+      const std::vector<double> one = train(false, path, 20, false, mixer);
+      const std::vector<double> tp = train(false, path, 20, true, mixer);
+      for (int s = 0; s < 20; ++s) {
+        CAPTURE(s);
+        CHECK(std::abs(tp[s] - one[s]) <= 1e-5);
+      }
+    }
   }
 
   TEST_CASE("data parallel: buckets start their all_reduce before backward ends") {
