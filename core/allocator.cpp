@@ -24,9 +24,10 @@ namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 void* system_alloc(size_t b) {
   if (b < kHugePage) return std::aligned_alloc(64, b);
-  void* p = std::aligned_alloc(kHugePage, b);
+  const size_t whole = (b + kHugePage - 1) / kHugePage * kHugePage;  // aligned_alloc's rule
+  void* p = std::aligned_alloc(kHugePage, whole);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p) madvise(p, b, MADV_HUGEPAGE);  // a hint: failure only costs speed
+  if (p) madvise(p, whole, MADV_HUGEPAGE);  // a hint: failure only costs speed
 #endif
   return p;
 }

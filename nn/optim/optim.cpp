@@ -473,18 +473,19 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
     // Partial pieces reduced first (the parameter keeps the reduced gradient); a Shard piece's
     // squares are summed over its mesh dim
     Tensor g = p.grad();
-    const dist::DTensorSpec& s = dist::dtensor_spec(g);
-    dist::Placements pl = s.placements;
+    const dist::DeviceMesh mesh = dist::dtensor_spec(g).mesh;  // copies: g is replaced below
+    const dist::Placements had = dist::dtensor_spec(g).placements;
+    dist::Placements pl = had;
     for (auto& q : pl)
       if (q.is_partial()) q = dist::Replicate();
-    if (pl != s.placements) {
+    if (pl != had) {
       g = dist::redistribute(g, pl);
       const_cast<Tensor&>(p).set_grad(g);
     }
     Tensor sq = full({1}, sum(square(dist::to_local(g).to(kF64))).item<double>(), Options(kF64));
-    for (int64_t i = 0; i < s.mesh.ndim(); ++i)
+    for (int64_t i = 0; i < mesh.ndim(); ++i)
       if (pl[i].is_shard())
-        s.mesh.group(i)->all_reduce(sq, dist::ReduceOp::kSum, dist::blocking())->wait();
+        mesh.group(i)->all_reduce(sq, dist::ReduceOp::kSum, dist::blocking())->wait();
     total += sq.item<double>();
     other.push_back(g);
   }
