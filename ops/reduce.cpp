@@ -219,13 +219,18 @@ std::pair<Tensor, Tensor> max_min_dim(const char* name, bool is_max, const Tenso
 Tensor arg_reduce(const char* name, ReduceOp rop, const Tensor& x, std::optional<int64_t> dim,
                   bool keepdim) {
   const OpInfo& op = op_info(name);
-  if (any_distributed({&x}))
-    return dist_dispatch(op, {x}, {{"dim", dim.value_or(-1)}, {"keepdim", keepdim}})[0];
-  COIL_CHECK(x.numel() > 0, name, ": cannot reduce an empty tensor");
+  if (any_distributed({&x})) {
+    Attrs at{{"keepdim", keepdim}};
+    if (dim) at.push_back({"dim", *dim});  // no "dim": over all elements
+    return dist_dispatch(op, {x}, at)[0];
+  }
+  // empty is fine along the other dims (an empty shard of a DTensor), not along the reduced one
+  int64_t d = dim ? normalize_dim(name, *dim, x.dim()) : 0;
+  COIL_CHECK(dim ? x.dim() == 0 || x.sizes()[d] > 0 : x.numel() > 0, name,
+             ": cannot reduce an empty ", dim ? "dim" : "tensor", " (shape ", x.shape_str(), ")");
   DType ct = compute_dtype(x.dtype());
   if (ct == kBool) ct = kI64;
   Tensor src = dim ? x : reshape(detach(x), {-1});
-  int64_t d = dim ? normalize_dim(name, *dim, x.dim()) : 0;
   Plan p = make_plan(name, src, {d}, ct);
   Tensor idx;
   Tensor dummy = empty({0}, Options(ct, x.device()));
@@ -362,13 +367,19 @@ void register_reduce() {
   reg(
       "argmax", false,
       [](const TensorList& i, const Attrs& a) {
-        return TensorList{argmax(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false))};
+        std::optional<int64_t> d;  // absent: over all elements
+        for (const Attr& x : a)
+          if (x.name == "dim") d = std::get<int64_t>(x.value);
+        return TensorList{argmax(i[0], d, attr_or(a, "keepdim", false))};
       },
       nullptr);
   reg(
       "argmin", false,
       [](const TensorList& i, const Attrs& a) {
-        return TensorList{argmin(i[0], attr<int64_t>(a, "dim"), attr_or(a, "keepdim", false))};
+        std::optional<int64_t> d;  // absent: over all elements
+        for (const Attr& x : a)
+          if (x.name == "dim") d = std::get<int64_t>(x.value);
+        return TensorList{argmin(i[0], d, attr_or(a, "keepdim", false))};
       },
       nullptr);
   auto comp = [](const char* name, BoxedFn boxed, std::function<GC()> gc) {

@@ -87,6 +87,29 @@ struct Register {
     register_dims("logsumexp", nullptr);
     register_dim("max", 2);
     register_dim("min", 2);
+    // argmax / argmin: along a dim, the other dims may stay sharded; over all elements (no
+    // "dim" attribute), replicate
+    for (const char* op : {"argmax", "argmin"}) {
+      ShardingRule rule;
+      auto has_dim = [](const OpMeta& m) {
+        for (const Attr& a : *m.attrs)
+          if (a.name == "dim") return true;
+        return false;
+      };
+      auto red = [has_dim](const OpMeta& m) {
+        std::vector<bool> r(m.ndim(0), !has_dim(m));
+        if (has_dim(m) && m.ndim(0) > 0) r[wrap_dim(m.attr<int64_t>("dim"), m.ndim(0))] = true;
+        return r;
+      };
+      rule.strategies = [has_dim, red](const OpMeta& m) {
+        if (!has_dim(m)) return std::vector<Strategy>{};
+        return reduce_strategies(m, red(m), m.attr<bool>("keepdim"), 1, nullptr);
+      };
+      rule.output_shapes = [red](const OpMeta& m) {
+        return std::vector<Shape>{reduced_shape(m, red(m), m.attr<bool>("keepdim"))};
+      };
+      register_sharding_rule(op, rule);
+    }
   }
 } reg;
 
