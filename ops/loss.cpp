@@ -79,6 +79,13 @@ Tensor fused_cross_entropy(const Tensor& lg, const Tensor& tg, int64_t ignore_in
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
                      double label_smoothing, const std::string& reduction) {
   const char* name = "cross_entropy";
+  if (any_distributed({&logits, &target})) {
+    static const OpInfo& op = op_info(name);
+    return dist_dispatch(op, {logits, target},
+                         {{"ignore_index", ignore_index},
+                          {"label_smoothing", label_smoothing},
+                          {"reduction", reduction}})[0];
+  }
   check_reduction(name, reduction);
   COIL_CHECK(is_floating(logits.dtype()), name, ": logits must be floating point, got ",
              logits.dtype());

@@ -48,6 +48,15 @@ std::vector<Case> cases() {
   c.push_back({"argmin dim", {a}, [](const TensorList& x) { return argmin(x[0], 0, true); }});
   c.push_back({"argmax all", {a}, [](const TensorList& x) { return argmax(x[0]); }});
   c.push_back({"topk indices", {a}, [](const TensorList& x) { return topk(x[0], 2, 1).second; }});
+  Tensor ids = tensor(std::vector<int64_t>{1, 0, 3, 2, 2, 1}, {2, 3});
+  c.push_back({"one_hot", {ids}, [](const TensorList& x) { return one_hot(x[0], 4); }});
+  Tensor targets = tensor(std::vector<int64_t>{1, 0, 4, -100}, {4});
+  for (const char* red : {"none", "sum", "mean"}) {
+    const std::string r = red;
+    c.push_back({"cross_entropy", {a, targets}, [r](const TensorList& x) {
+                   return cross_entropy(x[0], x[1], -100, 0.0, r);
+                 }});
+  }
   return c;
 }
 
