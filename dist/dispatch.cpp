@@ -19,6 +19,21 @@ void register_composite_rule(const std::string& op) {
   op_row(op).sharding_rule = std::move(r);
 }
 
+int64_t OpMeta::dim_attr(int64_t extra) const {
+  return wrap_dim(attr<int64_t>("dim"), ndim(0) + extra);
+}
+
+std::vector<Strategy> shard_other_dims(const OpMeta& m, int64_t dim, size_t outputs,
+                                       int64_t shift) {
+  std::vector<Strategy> s;
+  const size_t k = m.shapes.size();
+  for (int64_t d = 0; d < m.ndim(0); ++d)
+    if (d != dim)
+      s.push_back({std::vector<Placement>(k, Shard(d)),
+                   std::vector<Placement>(outputs, Shard(d > dim ? d + shift : d))});
+  return s;
+}
+
 Shape broadcast_shape(const std::vector<Shape>& shapes) {
   size_t n = 0;
   for (const Shape& s : shapes) n = std::max(n, s.size());

@@ -50,16 +50,10 @@ using SpecPtr = std::shared_ptr<const DTensorSpec>;
 
 // An alias of t's storage with no autograd history, as a plain tensor or with a spec.
 Tensor alias(const Tensor& t, std::shared_ptr<DistSpecBase> spec) {
-  auto impl = std::make_shared<TensorImpl>(t.impl());
-  impl->dist = std::move(spec);
-  impl->grad_fn = nullptr;
-  impl->grad = nullptr;
-  impl->requires_grad = false;
-  impl->is_view = false;
-  impl->grad_accumulator.reset();
-  impl->retains_grad = false;
-  impl->hooks.clear();
-  return Tensor(impl);
+  Tensor a = t.detach();
+  a.impl().hooks.clear();
+  a.impl().dist = std::move(spec);
+  return a;
 }
 Tensor plain(const Tensor& t) { return alias(t, nullptr); }
 // The local piece of a DTensor as a fresh plain alias (no autograd history).

@@ -29,6 +29,8 @@ struct OpMeta {
   T attr_or(const std::string& name, T dflt) const {
     return coil::attr_or<T>(*attrs, name, dflt);
   }
+  // The "dim" attribute made non-negative for input 0's rank plus `extra` (stack: 1).
+  int64_t dim_attr(int64_t extra = 0) const;
 };
 
 // One way to run the op on one mesh dim.
@@ -55,5 +57,9 @@ void register_composite_rule(const std::string& op);
 // Helpers for rules.
 inline int64_t wrap_dim(int64_t d, int64_t n) { return d < 0 ? d + n : d; }
 Shape broadcast_shape(const std::vector<Shape>& shapes);
+// Every tensor input and every output sharded on one dim d != dim (input 0's dims); an output
+// dim past `dim` moves by `shift` (stack inserts one, select removes one: -1).
+std::vector<Strategy> shard_other_dims(const OpMeta& m, int64_t dim, size_t outputs,
+                                       int64_t shift = 0);
 
 }  // namespace coil::dist

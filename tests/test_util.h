@@ -8,6 +8,7 @@
 #include <cmath>
 #include <coil/coil.h>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -107,5 +108,15 @@ struct TempDir {
   }
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
+
+// A small English-like text of `words` words in dir/corpus.txt: training data for LM tests.
+inline std::string write_corpus(const TempDir& dir, int words = 3000) {
+  std::string text;
+  const char* w[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "A ", "dog ", "ran.\n"};
+  for (int i = 0; i < words; ++i) text += w[(i * 7 + i / 5) % 9];
+  std::string path = dir.file("corpus.txt");
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
 
 }  // namespace ct

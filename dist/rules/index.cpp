@@ -9,8 +9,6 @@ namespace {
 
 const Placement R = Replicate();
 
-int64_t dim_of(const OpMeta& m) { return wrap_dim(m.attr<int64_t>("dim"), m.ndim(0)); }
-
 struct Register {
   Register() {
     // index_select(x, index) -> x with dim resized to the index's length
@@ -18,12 +16,12 @@ struct Register {
     is.strategies = [](const OpMeta& m) {
       std::vector<Strategy> s;
       for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim_of(m)) s.push_back({{Shard(d), R}, {Shard(d)}});
+        if (d != m.dim_attr()) s.push_back({{Shard(d), R}, {Shard(d)}});
       return s;
     };
     is.output_shapes = [](const OpMeta& m) {
       Shape out = m.shapes[0];
-      out[dim_of(m)] = m.shapes[1].empty() ? 1 : m.shapes[1][0];
+      out[m.dim_attr()] = m.shapes[1].empty() ? 1 : m.shapes[1][0];
       return std::vector<Shape>{out};
     };
     register_sharding_rule("index_select", is);
@@ -33,7 +31,7 @@ struct Register {
     ga.strategies = [](const OpMeta& m) {
       std::vector<Strategy> s;
       for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim_of(m) && m.shapes[0][d] == m.shapes[1][d])
+        if (d != m.dim_attr() && m.shapes[0][d] == m.shapes[1][d])
           s.push_back({{Shard(d), Shard(d)}, {Shard(d)}});
       return s;
     };
@@ -45,7 +43,8 @@ struct Register {
     sa.strategies = [](const OpMeta& m) {
       std::vector<Strategy> s;
       for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim_of(m) && m.shapes[0][d] == m.shapes[1][d] && m.shapes[2][d] == m.shapes[0][d])
+        if (d != m.dim_attr() && m.shapes[0][d] == m.shapes[1][d] &&
+            m.shapes[2][d] == m.shapes[0][d])
           s.push_back({{Shard(d), Shard(d), Shard(d)}, {Shard(d)}});
       return s;
     };
@@ -55,7 +54,7 @@ struct Register {
     ia.strategies = [](const OpMeta& m) {
       std::vector<Strategy> s;
       for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim_of(m)) s.push_back({{Shard(d), R, Shard(d)}, {Shard(d)}});
+        if (d != m.dim_attr()) s.push_back({{Shard(d), R, Shard(d)}, {Shard(d)}});
       return s;
     };
     ia.output_shapes = sa.output_shapes;
@@ -89,7 +88,7 @@ struct Register {
       std::vector<Strategy> s;
       if (m.ndim(0) == 0) return s;
       for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim_of(m)) {
+        if (d != m.dim_attr()) {
           std::vector<Placement> in{Shard(d)};
           if (m.shapes.size() > 1) in.push_back(R);
           s.push_back({in, {Shard(d)}});
@@ -101,7 +100,7 @@ struct Register {
       COIL_CHECK(m.shapes.size() == 1, "repeat_interleave: a tensor of repeats on DTensors is ",
                  "not supported; pass an int");
       Shape out = m.shapes[0].empty() ? Shape{1} : m.shapes[0];
-      out[m.shapes[0].empty() ? 0 : dim_of(m)] *= m.attr<int64_t>("repeats");
+      out[m.shapes[0].empty() ? 0 : m.dim_attr()] *= m.attr<int64_t>("repeats");
       return {out};
     };
     register_sharding_rule("repeat_interleave", ri);

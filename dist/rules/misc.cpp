@@ -9,13 +9,7 @@ namespace {
 struct Register {
   Register() {
     ShardingRule sm;
-    sm.strategies = [](const OpMeta& m) {
-      const int64_t dim = wrap_dim(m.attr<int64_t>("dim"), m.ndim(0));
-      std::vector<Strategy> s;
-      for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim) s.push_back({{Shard(d)}, {Shard(d)}});
-      return s;
-    };
+    sm.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 1); };
     sm.output_shapes = [](const OpMeta& m) { return std::vector<Shape>{m.shapes[0]}; };
     register_sharding_rule("softmax", sm);
     register_sharding_rule("log_softmax", sm);

@@ -64,7 +64,7 @@ void register_dims(const char* op, const Placement* on_reduced) {
 void register_dim(const char* op, int outputs) {
   auto red = [](const OpMeta& m) {
     std::vector<bool> r(m.ndim(0), false);
-    r[wrap_dim(m.attr<int64_t>("dim"), m.ndim(0))] = true;
+    r[m.dim_attr()] = true;
     return r;
   };
   ShardingRule rule;
@@ -98,7 +98,7 @@ struct Register {
       };
       auto red = [has_dim](const OpMeta& m) {
         std::vector<bool> r(m.ndim(0), !has_dim(m));
-        if (has_dim(m) && m.ndim(0) > 0) r[wrap_dim(m.attr<int64_t>("dim"), m.ndim(0))] = true;
+        if (has_dim(m) && m.ndim(0) > 0) r[m.dim_attr()] = true;
         return r;
       };
       rule.strategies = [has_dim, red](const OpMeta& m) {

@@ -5,19 +5,6 @@
 namespace coil::dist {
 namespace {
 
-// Strategies sharding one dim d != dim of every input and output (`shift`: an output dim index
-// past `dim` moves by this much, stack inserts one).
-std::vector<Strategy> along_other_dims(const OpMeta& m, int64_t dim, size_t outputs,
-                                       int64_t shift = 0) {
-  std::vector<Strategy> s;
-  const size_t k = m.shapes.size();
-  for (int64_t d = 0; d < m.ndim(0); ++d)
-    if (d != dim)
-      s.push_back({std::vector<Placement>(k, Shard(d)),
-                   std::vector<Placement>(outputs, Shard(d >= dim ? d + shift : d))});
-  return s;
-}
-
 std::vector<Shape> pieces(const Shape& in, int64_t dim, const Shape& sizes) {
   std::vector<Shape> out;
   for (int64_t s : sizes) {
@@ -47,17 +34,13 @@ Shape split_sizes(const OpMeta& m, int64_t dim) {
   return s;
 }
 
-int64_t dim_of(const OpMeta& m, int64_t extra = 0) {
-  return wrap_dim(m.attr<int64_t>("dim"), m.ndim(0) + extra);
-}
-
 struct Register {
   Register() {
     ShardingRule cat;
-    cat.strategies = [](const OpMeta& m) { return along_other_dims(m, dim_of(m), 1); };
+    cat.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 1); };
     cat.output_shapes = [](const OpMeta& m) {
       Shape out = m.shapes[0];
-      const int64_t d = dim_of(m);
+      const int64_t d = m.dim_attr();
       out[d] = 0;
       for (const Shape& s : m.shapes) out[d] += s[d];
       return std::vector<Shape>{out};
@@ -65,10 +48,10 @@ struct Register {
     register_sharding_rule("cat", cat);
 
     ShardingRule st;
-    st.strategies = [](const OpMeta& m) { return along_other_dims(m, dim_of(m, 1), 1, 1); };
+    st.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(1), 1, 1); };
     st.output_shapes = [](const OpMeta& m) {
       Shape out = m.shapes[0];
-      out.insert(out.begin() + dim_of(m, 1), static_cast<int64_t>(m.shapes.size()));
+      out.insert(out.begin() + m.dim_attr(1), static_cast<int64_t>(m.shapes.size()));
       return std::vector<Shape>{out};
     };
     register_sharding_rule("stack", st);
@@ -76,11 +59,11 @@ struct Register {
     for (const char* op : {"split", "chunk"}) {
       ShardingRule sp;
       sp.strategies = [](const OpMeta& m) {
-        const int64_t d = dim_of(m);
-        return along_other_dims(m, d, split_sizes(m, d).size());
+        const int64_t d = m.dim_attr();
+        return shard_other_dims(m, d, split_sizes(m, d).size());
       };
       sp.output_shapes = [](const OpMeta& m) {
-        const int64_t d = dim_of(m);
+        const int64_t d = m.dim_attr();
         return pieces(m.shapes[0], d, split_sizes(m, d));
       };
       register_sharding_rule(op, sp);
@@ -88,19 +71,19 @@ struct Register {
 
     for (const char* op : {"cumsum", "cumprod", "argsort"}) {
       ShardingRule c;
-      c.strategies = [](const OpMeta& m) { return along_other_dims(m, dim_of(m), 1); };
+      c.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 1); };
       c.output_shapes = [](const OpMeta& m) { return std::vector<Shape>{m.shapes[0]}; };
       register_sharding_rule(op, c);
     }
     ShardingRule so;
-    so.strategies = [](const OpMeta& m) { return along_other_dims(m, dim_of(m), 2); };
+    so.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 2); };
     so.output_shapes = [](const OpMeta& m) { return std::vector<Shape>(2, m.shapes[0]); };
     register_sharding_rule("sort", so);
     ShardingRule tk;
-    tk.strategies = [](const OpMeta& m) { return along_other_dims(m, dim_of(m), 2); };
+    tk.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 2); };
     tk.output_shapes = [](const OpMeta& m) {
       Shape out = m.shapes[0];
-      out[dim_of(m)] = m.attr<int64_t>("k");
+      out[m.dim_attr()] = m.attr<int64_t>("k");
       return std::vector<Shape>(2, out);
     };
     register_sharding_rule("topk", tk);

@@ -65,7 +65,7 @@ struct Register {
 
     ShardingRule u;
     u.strategies = [](const OpMeta& m) {
-      const int64_t at = wrap_dim(m.attr<int64_t>("dim"), m.ndim(0) + 1);
+      const int64_t at = m.dim_attr(1);
       std::vector<Strategy> s;
       for (int64_t d = 0; d < m.ndim(0); ++d)
         s.push_back({{Shard(d)}, {Shard(d >= at ? d + 1 : d)}});
@@ -73,7 +73,7 @@ struct Register {
     };
     u.output_shapes = [](const OpMeta& m) {
       Shape out = m.shapes[0];
-      const int64_t at = wrap_dim(m.attr<int64_t>("dim"), m.ndim(0) + 1);
+      const int64_t at = m.dim_attr(1);
       out.insert(out.begin() + at, 1);
       return std::vector<Shape>{out};
     };
@@ -101,15 +101,9 @@ struct Register {
     register_sharding_rule("expand", e);
 
     ShardingRule sl;
-    sl.strategies = [](const OpMeta& m) {
-      const int64_t dim = wrap_dim(m.attr<int64_t>("dim"), m.ndim(0));
-      std::vector<Strategy> s;
-      for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim) s.push_back({{Shard(d)}, {Shard(d)}});
-      return s;
-    };
+    sl.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 1); };
     sl.output_shapes = [](const OpMeta& m) {
-      const int64_t dim = wrap_dim(m.attr<int64_t>("dim"), m.ndim(0));
+      const int64_t dim = m.dim_attr();
       const int64_t n = m.shapes[0][dim], step = m.attr<int64_t>("step");
       auto clampi = [n](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + n : v, 0, n); };
       const int64_t a = clampi(m.attr<int64_t>("start")), b = clampi(m.attr<int64_t>("end"));
@@ -120,16 +114,10 @@ struct Register {
     register_sharding_rule("slice", sl);
 
     ShardingRule se;
-    se.strategies = [](const OpMeta& m) {
-      const int64_t dim = wrap_dim(m.attr<int64_t>("dim"), m.ndim(0));
-      std::vector<Strategy> s;
-      for (int64_t d = 0; d < m.ndim(0); ++d)
-        if (d != dim) s.push_back({{Shard(d)}, {Shard(d < dim ? d : d - 1)}});
-      return s;
-    };
+    se.strategies = [](const OpMeta& m) { return shard_other_dims(m, m.dim_attr(), 1, -1); };
     se.output_shapes = [](const OpMeta& m) {
       Shape out = m.shapes[0];
-      out.erase(out.begin() + wrap_dim(m.attr<int64_t>("dim"), m.ndim(0)));
+      out.erase(out.begin() + m.dim_attr());
       return std::vector<Shape>{out};
     };
     register_sharding_rule("select", se);

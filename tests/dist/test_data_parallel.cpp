@@ -19,15 +19,6 @@ nn::MambaConfig tiny() {
   return c;
 }
 
-std::string corpus(const ct::TempDir& dir) {
-  std::string text;
-  const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "A ", "dog ", "ran.\n"};
-  for (int i = 0; i < 4000; ++i) text += words[(i * 7 + i / 5) % 9];
-  std::string path = dir.file("corpus.txt");
-  std::ofstream(path, std::ios::binary) << text;
-  return path;
-}
-
 // tensor_parallel: every layer's in_proj colwise and out_proj rowwise over the world.
 std::vector<double> train(bool data_parallel, const std::string& path, int steps,
                           bool tensor_parallel = false, const std::string& mixer = "mamba") {
@@ -68,7 +59,7 @@ std::vector<double> train(bool data_parallel, const std::string& path, int steps
 TEST_SUITE("dist") {
   TEST_CASE("data parallel training gives one process's losses on the same global batch") {
     ct::TempDir dir;
-    const std::string path = corpus(dir);
+    const std::string path = ct::write_corpus(dir, 4000);
     const std::vector<double> one = train(false, path, 20);
     const std::vector<double> dp = train(true, path, 20);
     for (int s = 0; s < 20; ++s) {
@@ -81,7 +72,7 @@ TEST_SUITE("dist") {
   TEST_CASE(
       "tensor-parallel Linear layout (colwise in_proj, rowwise out_proj) trains as one process") {
     ct::TempDir dir;
-    const std::string path = corpus(dir);
+    const std::string path = ct::write_corpus(dir, 4000);
     for (const char* mixer : {"mamba", "mamba2"}) {
       CAPTURE(mixer);
       const std::vector<double> one = train(false, path, 20, false, mixer);

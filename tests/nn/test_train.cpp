@@ -24,15 +24,6 @@ MambaConfig small(bool mamba2) {
   return c;
 }
 
-std::string write_corpus(const ct::TempDir& dir) {
-  std::string text;
-  const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "A ", "dog ", "ran.\n"};
-  for (int i = 0; i < 3000; ++i) text += words[(i * 7 + i / 5) % 9];
-  std::string path = dir.file("corpus.txt");
-  std::ofstream(path, std::ios::binary) << text;
-  return path;
-}
-
 nn::TrainOptions tiny_options() {
   nn::TrainOptions o;
   o.batch = 2;
@@ -128,7 +119,7 @@ TEST_SUITE("nn.train") {
 
   TEST_CASE("ByteCorpus: mapped bytes, split, deterministic windows") {
     ct::TempDir dir;
-    std::string path = write_corpus(dir);
+    std::string path = ct::write_corpus(dir);
     auto c = nn::ByteCorpus::open(path, 0.1);
     CHECK(c.size() == static_cast<int64_t>(std::filesystem::file_size(path)));
     CHECK(c.train_size() + c.val_size() == c.size());
@@ -156,7 +147,7 @@ TEST_SUITE("nn.train") {
     for (bool m2 : {false, true}) {
       CAPTURE(m2);
       ct::TempDir dir;
-      auto corpus = nn::ByteCorpus::open(write_corpus(dir));
+      auto corpus = nn::ByteCorpus::open(ct::write_corpus(dir));
       // 20 steps straight.
       manual_seed(3);
       auto a = std::make_shared<MambaLM>(small(m2));
@@ -193,7 +184,7 @@ TEST_SUITE("nn.train") {
 
   TEST_CASE("bad checkpoints are errors") {
     ct::TempDir dir;
-    auto corpus = nn::ByteCorpus::open(write_corpus(dir));
+    auto corpus = nn::ByteCorpus::open(ct::write_corpus(dir));
     auto m = std::make_shared<MambaLM>(small(false));
     nn::LMTrainer t(m, corpus, tiny_options());
     t.train_step();
