@@ -17,6 +17,7 @@
 
 #include "dist/device_mesh.h"
 #include "dist/dtensor.h"
+#include "dist/factories.h"
 #include "dist/functional.h"
 #include "dist/process_group.h"
 

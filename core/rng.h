@@ -3,6 +3,8 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 namespace coil {
 
@@ -51,4 +53,31 @@ struct RngState {
 };
 RngState get_rng_state();
 void set_rng_state(RngState s);
+}  // namespace coil
+
+namespace coil {
+// One rank's box of a larger draw (a DTensor's local piece). While a DrawPieceScope is alive on
+// this thread, a random fill or dropout reserves counters for the whole `global` tensor (every
+// rank reserves the same, so generators stay in step) and writes into its local output the values
+// the single-process draw gives at the box that starts at `offsets`.
+struct DrawPiece {
+  std::vector<int64_t> global;
+  std::vector<int64_t> offsets;
+};
+const DrawPiece* current_draw_piece();  // null outside a scope
+class DrawPieceScope {
+ public:
+  explicit DrawPieceScope(DrawPiece piece);
+  ~DrawPieceScope();
+  DrawPieceScope(const DrawPieceScope&) = delete;
+  DrawPieceScope& operator=(const DrawPieceScope&) = delete;
+
+ private:
+  DrawPiece piece_;
+  const DrawPiece* prev_;
+};
+// The box `local` (sizes) of `piece` as runs contiguous in both the local and the global
+// row-major order: fn(local_start, global_start, length) per run.
+void for_each_piece_run(const DrawPiece& piece, const std::vector<int64_t>& local,
+                        const std::function<void(int64_t, int64_t, int64_t)>& fn);
 }  // namespace coil

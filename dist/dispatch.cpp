@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "../autograd/node.h"
+#include "../core/rng.h"
 #include "sharding.h"
 
 namespace coil::dist {
@@ -46,7 +47,27 @@ Shape broadcast_shape(const std::vector<Shape>& shapes) {
   return out;
 }
 
+void check_same_generator(const DeviceMesh& mesh, const std::string& op) {
+  if (mesh.size() == 1) return;
+  // max of (seed, offset) and of their complements: equal on every rank iff min == max
+  const RngState st = get_rng_state();
+  const int64_t seed = static_cast<int64_t>(st.seed), off = static_cast<int64_t>(st.offset);
+  Tensor v = tensor(std::vector<int64_t>{seed, off, ~seed, ~off}, {4});
+  for (int64_t i = 0; i < mesh.ndim(); ++i)
+    mesh.group(i)->all_reduce(v, ReduceOp::kMax, blocking())->wait();
+  const int64_t* r = v.data_ptr<int64_t>();
+  COIL_CHECK(r[0] == seed && r[1] == off && r[2] == ~seed && r[3] == ~off, op,
+             ": a random op on DTensors needs the same generator state on every rank of ",
+             mesh.str(), " (this rank: seed ", st.seed, ", offset ", st.offset,
+             "); call manual_seed with the same seed on every rank and draw the same tensors");
+}
+
 namespace {
+
+// The piece of the global shape this rank holds, as core's random fills see it.
+DrawPiece piece_of(const Shape& global, const DeviceMesh& mesh, const Placements& p) {
+  return DrawPiece{global, local_shard(global, mesh, p).offsets};
+}
 
 std::string describe(const TensorList& inputs) {
   std::string s;
@@ -164,7 +185,14 @@ TensorList run_rule(const OpInfo& op, const ShardingRule& rule, const TensorList
     for (Attr& a : la)
       if (a.name == rule.local_shape_attr)
         a.value = local_shard(out_shapes[0], mesh, out_p[0]).sizes;
-  TensorList outs = op.boxed(locals, la);
+  TensorList outs;
+  if (rule.draws) {
+    check_same_generator(mesh, op.name);
+    DrawPieceScope scope(piece_of(out_shapes[0], mesh, out_p[0]));
+    outs = op.boxed(locals, la);
+  } else {
+    outs = op.boxed(locals, la);
+  }
   COIL_CHECK(outs.size() == out_shapes.size(), op.name, ": its sharding rule gives ",
              out_shapes.size(), " outputs, the op ", outs.size());
   for (size_t k = 0; k < outs.size(); ++k)
@@ -180,6 +208,27 @@ TensorList handle(const OpInfo& op, const TensorList& inputs, const Attrs& attrs
   const ShardingRule* rule = rule_of(op);
   COIL_CHECK(rule && !rule->composite, op.name, ": no sharding rule for DTensor inputs (",
              describe(inputs), ")");
+  COIL_CHECK(rule->backward_of.empty(), op.name, ": runs only inside ", rule->backward_of,
+             "'s backward, on local pieces; call ", rule->backward_of, " on the DTensors (",
+             describe(inputs), ")");
+  if (rule->fills_in_place) {
+    const Tensor& dst = inputs[0];
+    COIL_CHECK(!needs_grad(inputs), op.name, ": in-place ops on DTensors that require grad are ",
+               "not supported");
+    const DTensorSpec& s = dtensor_spec(dst);
+    check_same_generator(s.mesh, op.name);
+    Tensor local = to_local(dst);
+    {
+      DrawPieceScope scope(piece_of(s.global_shape, s.mesh, s.placements));
+      op.boxed({local}, attrs);
+    }
+    for (int64_t i = 0; i < s.mesh.ndim(); ++i)
+      if (s.placements[i] == Partial(ReduceOp::kSum) && s.mesh.coordinate(i) != 0) {
+        NoGradGuard g;
+        local.zero_();
+      }
+    return {dst};
+  }
   if (op.name == "copy_" || op.name == "fill_") {
     // in place on the DTensor's local piece: the source brought to the target's placements
     const Tensor& dst = inputs[0];
@@ -205,6 +254,37 @@ TensorList handle(const OpInfo& op, const TensorList& inputs, const Attrs& attrs
   }
   return run_rule(op, *rule, inputs, attrs);
 }
+
+}  // namespace
+
+Tensor make_factory(const std::string& name, const Attrs& attrs, const DeviceMesh& mesh,
+                    const Placements& placements) {
+  const OpInfo& op = op_info(name);
+  const ShardingRule* rule = rule_of(op);
+  COIL_CHECK(rule && rule->factory, "dist::", name, ": not a factory op");
+  COIL_CHECK(static_cast<int64_t>(placements.size()) == mesh.ndim(), "dist::", name, ": ",
+             placements.size(), " placements for a ", mesh.ndim(), "-d mesh ", mesh.str());
+  for (const Placement& q : placements)
+    COIL_CHECK(!q.is_partial(), "dist::", name, ": a new tensor cannot be Partial (",
+               str(placements), "); make it Replicate, or Shard a dim");
+  OpMeta meta;
+  meta.attrs = &attrs;
+  const Shape global = rule->output_shapes(meta)[0];
+  Attrs la = attrs;
+  for (Attr& a : la)
+    if (a.name == "shape") a.value = local_shard(global, mesh, placements).sizes;
+  Tensor local;
+  if (rule->draws) {
+    check_same_generator(mesh, name);
+    DrawPieceScope scope(piece_of(global, mesh, placements));
+    local = op.boxed({}, la)[0];
+  } else {
+    local = op.boxed({}, la)[0];
+  }
+  return from_local(local, mesh, placements, global);
+}
+
+namespace {
 
 struct Install {
   Install() { set_dist_handler(handle); }

@@ -241,12 +241,12 @@ Tensor make(const Tensor& local, const DeviceMesh& mesh, const Placements& p, co
 
 // The gradient that reaches a DTensor op's backward, as a DTensor with spec s (a plain tensor
 // is taken as the local piece).
-Tensor as_dtensor(const Tensor& grad, const DTensorSpec& s) {
+// The gradient of a DTensor output (from_local, redistribute). A plain one is the engine's seed
+// or zero fill, made from the DTensor's sizes: the global value, so each rank takes its piece of
+// it (on a Partial(sum) dim the first rank holds it, so a scalar loss's seed counts once).
+Tensor grad_as_dtensor(const Tensor& grad, const DTensorSpec& s) {
   if (is_dtensor(grad)) return grad;
-  // a plain gradient of the global shape (the engine's ones or zeros): this rank's piece
-  if (grad.sizes() == s.global_shape && grad.sizes() != s.local.sizes())
-    return distribute_tensor(grad, s.mesh, s.placements);
-  return make(grad, s.mesh, s.placements, s.global_shape);
+  return distribute_tensor(grad, s.mesh, s.placements);
 }
 
 }  // namespace
@@ -312,7 +312,7 @@ Tensor from_local(const Tensor& local, const DeviceMesh& mesh, const Placements&
       Placements want = spec.placements;
       for (Placement& q : want)
         if (q.is_partial()) q = Replicate();
-      Tensor d = as_dtensor(g[0], spec);
+      Tensor d = grad_as_dtensor(g[0], spec);
       if (dtensor_spec(d).placements != want) d = redistribute(d, want);
       return TensorList{local_of(d)};
     });
@@ -329,7 +329,10 @@ Tensor to_local(const Tensor& dt, const std::optional<Placements>& grad_placemen
                "to_local: ", spec->placements.size(), " grad placements for a mesh of ",
                s.mesh.ndim(), " dims");
     record("dist.to_local", {dt}, {out},
-           [spec](const TensorList& g) -> TensorList { return {as_dtensor(g[0], *spec)}; });
+           [spec](const TensorList& g) -> TensorList {
+             // the gradient of this rank's piece
+             return {make(g[0], spec->mesh, spec->placements, spec->global_shape)};
+           });
   }
   return out;
 }
@@ -348,7 +351,7 @@ Tensor redistribute(const Tensor& dt, const Placements& p_in) {
       Placements back = src->placements;
       for (Placement& q : back)
         if (q.is_partial()) q = Replicate();
-      return {redistribute(as_dtensor(g[0], *to), back)};
+      return {redistribute(grad_as_dtensor(g[0], *to), back)};
     });
   }
   return out;

@@ -49,10 +49,30 @@ struct ShardingRule {
   std::string local_shape_attr;
   // The op runs on DTensors through other ops that have rules (nothing to dispatch itself).
   bool composite = false;
+  // The op draws from the default generator. It runs on each local piece inside a DrawPieceScope
+  // (core/rng.h), so the pieces hold what the single-process call draws there; every rank's
+  // generator must be at the same state, which the dispatcher checks with one small all_reduce.
+  bool draws = false;
+  // The op overwrites its one input with values (uniform_, normal_, bernoulli_): the target keeps
+  // its placements; on a Partial(sum) mesh dim only the first rank keeps them, the others zero.
+  bool fills_in_place = false;
+  // A factory (no tensor input): made on a mesh by dist/factories.h, never dispatched. Its
+  // output_shapes reads the "shape" attribute.
+  bool factory = false;
+  // A kernel row that only this op's backward calls. Autograd on DTensors runs on the local
+  // pieces (from_local / to_local around the op), so the row never sees a DTensor: the forward
+  // op's rule covers it, and a direct call on DTensors is an error naming that op.
+  std::string backward_of;
 };
 
 void register_sharding_rule(const std::string& op, ShardingRule rule);
 void register_composite_rule(const std::string& op);
+
+// A factory op's DTensor: each rank makes only its piece (dist/factories.h).
+Tensor make_factory(const std::string& op, const Attrs& attrs, const DeviceMesh& mesh,
+                    const Placements& placements);
+// coil::Error naming `op` unless every rank of the mesh has the same generator state.
+void check_same_generator(const DeviceMesh& mesh, const std::string& op);
 
 // Helpers for rules.
 inline int64_t wrap_dim(int64_t d, int64_t n) { return d < 0 ? d + n : d; }

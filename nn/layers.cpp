@@ -42,7 +42,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, DType d
   }
 }
 
-Tensor Linear::forward(const Tensor& x) const { return linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) const { return linear(pre_hook(x), weight, bias); }
 
 Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, DType dtype, double init_std) {
   COIL_CHECK(num_embeddings > 0 && embedding_dim > 0, "Embedding: sizes must be positive, got ",
@@ -59,7 +59,7 @@ RMSNorm::RMSNorm(int64_t dim, double eps_, DType dtype) : eps(eps_) {
   register_parameter("weight", &weight);
 }
 
-Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(x, weight, eps); }
+Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(pre_hook(x), weight, eps); }
 
 RMSNormGated::RMSNormGated(int64_t dim, int64_t group_size_, double eps_, DType dtype)
     : group_size(group_size_), eps(eps_) {

@@ -163,6 +163,15 @@ void Module::zero_grad() {
   for (auto& p : parameters()) p.set_grad(Tensor());
 }
 
+std::shared_ptr<Module> Module::find_module(const std::string& path) const {
+  const size_t dot = path.find('.');
+  const std::string head = path.substr(0, dot);
+  for (const auto& [name, child] : children_)
+    if (name == head)
+      return dot == std::string::npos ? child : child->find_module(path.substr(dot + 1));
+  return nullptr;
+}
+
 void ModuleList::push_back(std::shared_ptr<Module> m) {
   register_module(std::to_string(items_.size()), m);
   items_.push_back(std::move(m));

@@ -54,7 +54,15 @@ class Module : public std::enable_shared_from_this<Module> {
   void replace_tensors(const std::function<Tensor(const std::string&, const Tensor&)>& fn);
   void zero_grad();
 
+  // Called on the input of forward by the layers with one main input (Linear, RMSNorm) when set;
+  // the parallel styles (nn/parallel.h) install it, as PyTorch's forward pre-hooks.
+  std::function<Tensor(const Tensor&)> forward_pre_hook;
+  // The direct or nested child at a dotted path ("backbone.layers.0.norm"), or null.
+  std::shared_ptr<Module> find_module(const std::string& path) const;
+
  protected:
+  Tensor pre_hook(const Tensor& x) const { return forward_pre_hook ? forward_pre_hook(x) : x; }
+
   // Registers a member tensor. requires_grad is set on it for parameters.
   void register_parameter(const std::string& name, Tensor* member, bool requires_grad = true);
   void register_buffer(const std::string& name, Tensor* member, bool persistent = true);

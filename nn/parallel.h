@@ -7,8 +7,12 @@
 //                                       nn::ParallelStyle::kRowwise}});
 //
 // Colwise splits a Linear's output features over the mesh (weight and bias Shard(0)), Rowwise
-// its input features (weight Shard(1), bias Replicate); every other parameter and buffer
-// becomes a Replicate DTensor on the same mesh. The model's forward runs unchanged: the
+// its input features (weight Shard(1), bias Replicate). Sequence (Megatron's sequence
+// parallelism, PyTorch's SequenceParallel) runs a norm on the sequence dim's pieces: its input
+// becomes Shard(1) (a plain tensor is taken as this rank's piece of the sequence; a DTensor is
+// redistributed, a local chunk when it is Replicate) and so does its output, its weight stays
+// Replicate with a gradient summed over the ranks. Every other parameter and buffer becomes a
+// Replicate DTensor on the same mesh. The model's forward runs unchanged: the
 // sharding rules keep a colwise output sharded on its last dim, feed it to a rowwise layer
 // without communication and leave that output Partial(sum), reduced where the next op needs
 // it. Optimizers update each rank's pieces (nn/optim).
@@ -22,9 +26,10 @@
 
 namespace coil::nn {
 
-enum class ParallelStyle { kColwise, kRowwise };
+enum class ParallelStyle { kColwise, kRowwise, kSequence };
 
-// plan: (module path, style) for Linear modules; an unknown path is an error naming it.
+// plan: (module path, style): Linear modules for kColwise and kRowwise, RMSNorm for kSequence;
+// an unknown path is an error naming it.
 void parallelize_module(Module& root, const dist::DeviceMesh& mesh,
                         const std::vector<std::pair<std::string, ParallelStyle>>& plan);
 

@@ -9,6 +9,26 @@
 
 namespace coil {
 
+void detail::for_each_draw_run(const char* op, const Shape& local, int64_t elements_per_counter,
+                               const DrawRunFn& fn) {
+  const DrawPiece* piece = current_draw_piece();
+  int64_t numel = 1;
+  for (int64_t s : local) numel *= s;
+  int64_t n = numel;
+  if (piece) {
+    COIL_CHECK(piece->global.size() == local.size(), op, ": the local piece ", shape_str(local),
+               " does not match the global shape ", shape_str(piece->global));
+    n = 1;
+    for (int64_t s : piece->global) n *= s;
+  }
+  const PhiloxDraw d =
+      philox_reserve(static_cast<uint64_t>((n + elements_per_counter - 1) / elements_per_counter));
+  if (!piece) return fn(0, numel, d, 0);
+  for_each_piece_run(*piece, local, [&](int64_t start, int64_t global, int64_t len) {
+    fn(start, len, d, static_cast<uint64_t>(global));
+  });
+}
+
 namespace {
 Tensor filled(const Shape& shape, double v, Options o) {
   static const OpInfo& op = op_info("fill_");
@@ -20,15 +40,16 @@ Tensor filled(const Shape& shape, double v, Options o) {
 
 void random_fill(const char* name, RandomKind kind, Tensor& t, double a, double b) {
   const OpInfo& op = op_info(name);
-  PhiloxDraw d = philox_reserve(static_cast<uint64_t>(t.numel()));
   auto k = kernel_for<RandomKernel>(op, t.device());
-  if (t.is_contiguous()) {
-    k(kind, t, a, b, d.seed, d.offset);
-  } else {
-    Tensor tmp = empty(t.sizes(), Options(t.dtype(), t.device()));
-    k(kind, tmp, a, b, d.seed, d.offset);
+  Tensor dst = t.is_contiguous() ? t : empty(t.sizes(), Options(t.dtype(), t.device()));
+  Tensor flat = dst.view({dst.numel()});
+  detail::for_each_draw_run(name, t.sizes(), 1,
+                            [&](int64_t start, int64_t len, PhiloxDraw d, uint64_t first) {
+                              k(kind, flat.narrow(0, start, len), a, b, d.seed, d.offset, first);
+                            });
+  if (!dst.is_same(t)) {
     NoGradGuard g;
-    t.copy_(tmp);
+    t.copy_(dst);
   }
   t.bump_version();
 }
@@ -100,16 +121,28 @@ Tensor randn_like(const Tensor& t) { return randn(t.sizes(), Options(t.dtype(), 
 
 Tensor& uniform_(Tensor& t, double low, double high) {
   COIL_CHECK(low <= high, "uniform_: expected low <= high, got ", low, " > ", high);
+  if (t.is_distributed()) {
+    dist_dispatch(op_info("uniform_"), {t}, {{"low", low}, {"high", high}});
+    return t;
+  }
   random_fill("uniform_", RandomKind::uniform, t, low, high);
   return t;
 }
 Tensor& normal_(Tensor& t, double mean, double std) {
   COIL_CHECK(std >= 0, "normal_: std must be non-negative, got ", std);
+  if (t.is_distributed()) {
+    dist_dispatch(op_info("normal_"), {t}, {{"mean", mean}, {"std", std}});
+    return t;
+  }
   random_fill("normal_", RandomKind::normal, t, mean, std);
   return t;
 }
 Tensor& bernoulli_(Tensor& t, double p) {
   COIL_CHECK(p >= 0 && p <= 1, "bernoulli_: p must be in [0, 1], got ", p);
+  if (t.is_distributed()) {
+    dist_dispatch(op_info("bernoulli_"), {t}, {{"p", p}});
+    return t;
+  }
   random_fill("bernoulli_", RandomKind::bernoulli, t, p, 0);
   return t;
 }
@@ -157,8 +190,8 @@ void register_creation() {
     return TensorList{randn(attr<Shape>(a, "shape"), shape_opts(a))};
   };
   op_row("randint").boxed = [](const TensorList&, const Attrs& a) {
-    return TensorList{
-        randint(attr<int64_t>(a, "low"), attr<int64_t>(a, "high"), attr<Shape>(a, "shape"))};
+    return TensorList{randint(attr<int64_t>(a, "low"), attr<int64_t>(a, "high"),
+                              attr<Shape>(a, "shape"), Options(attr_or<DType>(a, "dtype", kI64)))};
   };
   op_row("uniform_").boxed = [](const TensorList& in, const Attrs& a) {
     Tensor t = in[0];

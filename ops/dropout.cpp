@@ -26,8 +26,14 @@ Tensor dropout(const Tensor& x, double p, bool train) {
   }
   Tensor out = empty(x.sizes(), Options(x.dtype(), x.device()));
   Tensor mask = empty(x.sizes(), Options(kBool, x.device()));
-  PhiloxDraw d = philox_reserve(static_cast<uint64_t>((x.numel() + 3) / 4));
-  kernel_for<DropoutKernel>(op_, x.device())(out, mask, xin, p, scale, d.seed, d.offset);
+  auto k = kernel_for<DropoutKernel>(op_, x.device());
+  const int64_t n = x.numel();
+  Tensor of = out.view({n}), mf = mask.view({n}), xf = xin.view({n});
+  detail::for_each_draw_run("dropout", x.sizes(), 4,
+                            [&](int64_t at, int64_t len, PhiloxDraw d, uint64_t first) {
+                              k(of.narrow(0, at, len), mf.narrow(0, at, len), xf.narrow(0, at, len),
+                                p, scale, d.seed, d.offset, first);
+                            });
   if (needs_grad({&x})) {
     SavedTensor sm(mask, "dropout");
     record("dropout", {x}, {out}, [sm, scale](const TensorList& g) {

@@ -2,6 +2,7 @@
 #pragma once
 #include "../autograd/node.h"
 #include "../core/op_table.h"
+#include "../core/rng.h"
 #include "cpu/kernels.h"
 
 namespace coil::detail {
@@ -18,6 +19,15 @@ Tensor gc_rand(const Shape& s, double lo = -1, double hi = 1, bool requires_grad
 inline Tensor wrap(Scalar s, Device d = Device()) { return scalar_tensor(s, s.wrapped_dtype(), d); }
 // Dims normalised, deduplicated and sorted; empty means all.
 Shape reduce_dims(const char* op, const Shape& dims, int64_t ndim);
+
+// One draw from the default generator for the elements of a tensor of shape `local`: reserves
+// ceil(n / elements_per_counter) counters, n being its numel or, inside a DrawPieceScope (a
+// DTensor's local piece, core/rng.h), the global tensor's; then fn(start, len, draw, first) for
+// each run of row-major elements start .. start + len - 1, the first being element `first` of
+// the draw.
+using DrawRunFn = std::function<void(int64_t start, int64_t len, PhiloxDraw d, uint64_t first)>;
+void for_each_draw_run(const char* op, const Shape& local, int64_t elements_per_counter,
+                       const DrawRunFn& fn);
 
 // The op's row, looked up once per call site.
 #define COIL_OP(name) static const ::coil::OpInfo& op_ = ::coil::op_info(name)

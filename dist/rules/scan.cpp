@@ -62,6 +62,13 @@ struct Register {
       return std::vector<Shape>{x, Shape{x[0], m.shapes[1][1] - 1, x[2]}};
     };
     register_sharding_rule("causal_conv1d", cv);
+
+    // The fused backward kernels' rows: their ops' backward runs on local pieces (dispatch.cpp)
+    ShardingRule bw;
+    bw.backward_of = "causal_conv1d";
+    register_sharding_rule("causal_conv1d_backward", bw);
+    bw.backward_of = "selective_scan";
+    register_sharding_rule("selective_scan_backward", bw);
   }
 } reg;
 

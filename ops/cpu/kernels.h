@@ -93,12 +93,13 @@ void dispatch_dtype(DType t, const char* op, F&& f) {
 namespace coil {
 struct PhiloxDraw;
 enum class RandomKind : int { uniform, normal, randint, bernoulli };
-// Fills contiguous `out`: element i uses Philox counter draw.offset + i.
+// Fills contiguous `out` with elements first .. first + numel - 1 of the draw at (seed, offset):
+// element e uses Philox counter offset + e (normal: offset + e / 2, the pair's cos or sin).
 using RandomKernel = void (*)(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed,
-                              uint64_t offset);
+                              uint64_t offset, uint64_t first);
 namespace cpu {
 void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed,
-                   uint64_t offset);
+                   uint64_t offset, uint64_t first);
 }
 }  // namespace coil
 
@@ -123,15 +124,16 @@ namespace coil {
 // shifted by the max, into contiguous out of the same dtype.
 using SoftmaxKernel = void (*)(const Tensor& out, const Tensor& in, int64_t outer, int64_t n,
                                int64_t inner, bool log);
-// out = keep ? in * scale : 0 and mask = keep, all contiguous (mask bool). Element i keeps with
-// probability 1 - p from Philox counter offset + i / 4, lane i % 4 ((numel + 3) / 4 counters).
+// out = keep ? in * scale : 0 and mask = keep, all contiguous (mask bool). Element i is element
+// e = first + i of the draw: it keeps with probability 1 - p from Philox counter offset + e / 4,
+// lane e % 4 (a whole draw of n elements takes (n + 3) / 4 counters).
 using DropoutKernel = void (*)(const Tensor& out, const Tensor& mask, const Tensor& in, double p,
-                               double scale, uint64_t seed, uint64_t offset);
+                               double scale, uint64_t seed, uint64_t offset, uint64_t first);
 namespace cpu {
 void softmax_kernel(const Tensor& out, const Tensor& in, int64_t outer, int64_t n, int64_t inner,
                     bool log);
 void dropout_kernel(const Tensor& out, const Tensor& mask, const Tensor& in, double p, double scale,
-                    uint64_t seed, uint64_t offset);
+                    uint64_t seed, uint64_t offset, uint64_t first);
 }  // namespace cpu
 }  // namespace coil
 

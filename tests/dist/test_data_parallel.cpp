@@ -19,9 +19,10 @@ nn::MambaConfig tiny() {
   return c;
 }
 
-// tensor_parallel: every layer's in_proj colwise and out_proj rowwise over the world.
+// layout "tp": every layer's in_proj colwise and out_proj rowwise over the world; "tp+sp" adds
+// sequence parallelism on the block norms and the final norm.
 std::vector<double> train(bool data_parallel, const std::string& path, int steps,
-                          bool tensor_parallel = false, const std::string& mixer = "mamba") {
+                          const std::string& layout = "", const std::string& mixer = "mamba") {
   manual_seed(5);
   nn::MambaConfig cfg = tiny();
   cfg.model_type = mixer;
@@ -32,13 +33,15 @@ std::vector<double> train(bool data_parallel, const std::string& path, int steps
     cfg.chunk_size = 8;
   }
   auto model = std::make_shared<nn::MambaLM>(cfg);
-  if (tensor_parallel) {
+  if (!layout.empty()) {
     std::vector<std::pair<std::string, nn::ParallelStyle>> plan;
     for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-      const std::string m = "backbone.layers." + std::to_string(l) + ".mixer.";
-      plan.emplace_back(m + "in_proj", nn::ParallelStyle::kColwise);
-      plan.emplace_back(m + "out_proj", nn::ParallelStyle::kRowwise);
+      const std::string b = "backbone.layers." + std::to_string(l);
+      plan.emplace_back(b + ".mixer.in_proj", nn::ParallelStyle::kColwise);
+      plan.emplace_back(b + ".mixer.out_proj", nn::ParallelStyle::kRowwise);
+      if (layout == "tp+sp") plan.emplace_back(b + ".norm", nn::ParallelStyle::kSequence);
     }
+    if (layout == "tp+sp") plan.emplace_back("backbone.norm_f", nn::ParallelStyle::kSequence);
     nn::parallelize_module(*model, dist::DeviceMesh::world("tp"), plan);
   }
   nn::TrainOptions o;
@@ -70,18 +73,73 @@ TEST_SUITE("dist") {
   }
 
   TEST_CASE(
-      "tensor-parallel Linear layout (colwise in_proj, rowwise out_proj) trains as one process") {
+      "tensor-parallel Linear layout (colwise in_proj, rowwise out_proj) trains as one process, "
+      "with and without sequence-parallel norms") {
     ct::TempDir dir;
     const std::string path = ct::write_corpus(dir, 4000);
     for (const char* mixer : {"mamba", "mamba2"}) {
       CAPTURE(mixer);
-      const std::vector<double> one = train(false, path, 20, false, mixer);
-      const std::vector<double> tp = train(false, path, 20, true, mixer);
-      for (int s = 0; s < 20; ++s) {
-        CAPTURE(s);
-        CHECK(std::abs(tp[s] - one[s]) <= 1e-5);
+      const std::vector<double> one = train(false, path, 20, "", mixer);
+      for (const char* layout : {"tp", "tp+sp"}) {
+        CAPTURE(layout);
+        const std::vector<double> tp = train(false, path, 20, layout, mixer);
+        for (int s = 0; s < 20; ++s) {
+          CAPTURE(s);
+          CHECK(std::abs(tp[s] - one[s]) <= 1e-5);
+        }
       }
     }
+  }
+
+  TEST_CASE("sequence parallel: a norm runs on the sequence's pieces") {
+    dist::DeviceMesh mesh = dist::DeviceMesh::world("tp");
+    manual_seed(8);
+    auto norm = std::make_shared<nn::RMSNorm>(8, 1e-5);
+    {
+      NoGradGuard g;
+      norm->weight.copy_(randn({8}));
+    }
+    const Tensor w0 = norm->weight.detach().clone();
+    nn::ModuleList root;
+    root.push_back(norm);
+    nn::parallelize_module(root, mesh, {{"0", nn::ParallelStyle::kSequence}});
+    CHECK(dist::dtensor_spec(norm->weight).placements == dist::Placements{dist::Replicate()});
+    const Tensor x = randn({2, 7, 8});  // 7 positions: uneven pieces
+    // reference on one process
+    Tensor wr = w0.clone().requires_grad_(true);
+    Tensor ref = rms_norm(x, wr, 1e-5);
+    (ref * ref).sum().backward();
+    // a Replicate input is cut into its sequence pieces (no communication)
+    Tensor y = norm->forward(dist::distribute_tensor(x, mesh, {dist::Replicate()}));
+    CHECK(dist::dtensor_spec(y).placements == dist::Placements{dist::Shard(1)});
+    CHECK((dist::full_tensor(y) - ref.detach()).abs().max().item<double>() <= 1e-6);
+    (y * y).sum().backward();
+    Tensor g = dist::full_tensor(dist::redistribute(norm->weight.grad(), {dist::Replicate()}));
+    CHECK((g - wr.grad()).abs().max().item<double>() <= 1e-4);
+    // a plain input is this rank's piece of the sequence
+    const dist::LocalShard piece = dist::local_shard(x.sizes(), mesh, {dist::Shard(1)});
+    Tensor y2 = norm->forward(x.narrow(1, piece.offsets[1], piece.sizes[1]));
+    CHECK((dist::full_tensor(y2) - ref.detach()).abs().max().item<double>() <= 1e-6);
+    // styles on the wrong layers
+    auto lin = std::make_shared<nn::Linear>(8, 8);
+    nn::ModuleList other;
+    other.push_back(lin);
+    other.push_back(std::make_shared<nn::RMSNorm>(8));
+    ct::check_error(
+        [&] {
+          nn::parallelize_module(other, mesh, {{"0", nn::ParallelStyle::kSequence}});
+        },
+        {"parallelize_module: '0' is not an RMSNorm module"});
+    ct::check_error(
+        [&] {
+          nn::parallelize_module(other, mesh, {{"1", nn::ParallelStyle::kColwise}});
+        },
+        {"parallelize_module: '1' is not a Linear module"});
+    ct::check_error(
+        [&] {
+          nn::parallelize_module(other, mesh, {{"9", nn::ParallelStyle::kRowwise}});
+        },
+        {"parallelize_module: '9' is not a Linear module"});
   }
 
   TEST_CASE("data parallel: buckets start their all_reduce before backward ends") {

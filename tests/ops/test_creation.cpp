@@ -54,3 +54,55 @@ TEST_SUITE("ops.creation") {
     CHECK(amax(abs(t), {0, 1}).item<float>() <= 1.0f);
   }
 }
+
+TEST_SUITE("ops.creation") {
+  // A DTensor's random piece is drawn as a box of the global draw: these boxes start at odd
+  // element indices (normal's pairs, dropout's groups of four are split) and in every dim.
+  TEST_CASE("a draw piece holds the whole draw's values in its box") {
+    const Shape global = {3, 5, 7};
+    const std::vector<std::pair<Shape, Shape>> boxes = {
+        {{0, 0, 0}, {3, 5, 7}}, {{1, 2, 1}, {2, 2, 3}}, {{0, 3, 0}, {3, 2, 7}},
+        {{2, 0, 5}, {1, 5, 2}}, {{0, 1, 3}, {3, 3, 1}}, {{1, 0, 0}, {0, 5, 7}}};
+    auto box_of = [](const Tensor& t, const Shape& off, const Shape& size) {
+      Tensor b = t;
+      for (int64_t d = 0; d < 3; ++d) b = b.narrow(d, off[d], size[d]);
+      return b;
+    };
+    using Draw = std::function<Tensor(const Shape&)>;
+    const Tensor x = randn(global, kF64);
+    const std::vector<std::pair<const char*, Draw>> draws = {
+        {"rand", [](const Shape& s) { return rand(s, kF64); }},
+        {"randn", [](const Shape& s) { return randn(s, kF64); }},
+        {"randn bf16", [](const Shape& s) { return randn(s, kBF16); }},
+        {"randint", [](const Shape& s) { return randint(-3, 9, s); }},
+        {"bernoulli_",
+         [](const Shape& s) {
+           Tensor t = zeros(s);
+           return bernoulli_(t, 0.3);
+         }},
+        {"dropout", [&](const Shape& s) {
+           // the input's box, so the piece is dropout's box too
+           const DrawPiece* p = current_draw_piece();
+           Tensor in = p ? box_of(x, p->offsets, s).contiguous() : x;
+           return dropout(in, 0.4);
+         }}};
+    for (const auto& [name, draw] : draws) {
+      CAPTURE(name);
+      manual_seed(77);
+      const Tensor whole = draw(global);
+      const RngState after = get_rng_state();
+      for (const auto& [off, size] : boxes) {
+        CAPTURE(shape_str(off));
+        manual_seed(77);
+        Tensor piece;
+        {
+          DrawPieceScope scope(DrawPiece{global, off});
+          piece = draw(size);
+        }
+        CHECK(get_rng_state().offset == after.offset);  // the generator moved as for the whole
+        REQUIRE(piece.sizes() == size);
+        CHECK(ct::vals(piece) == ct::vals(box_of(whole, off, size)));
+      }
+    }
+  }
+}
