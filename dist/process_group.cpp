@@ -229,6 +229,7 @@ WorkPtr ProcessGroup::all_reduce(Tensor& t, ReduceOp op, CallOptions o) {
   auto b = std::make_shared<Buffer>(t, true, true);
   const double timeout = deadline_for(o);
   const int n = size();
+  bytes_sent_ += static_cast<int64_t>(t.nbytes());
   return submit(
       w,
       [b, op, timeout, n](Transport& tr) {
@@ -257,6 +258,7 @@ WorkPtr ProcessGroup::all_gather(Tensor& out, const Tensor& in, const std::vecto
   auto dst = std::make_shared<Buffer>(out, false, false);
   const auto bytes = scaled(c, row_elems(in) * static_cast<int64_t>(in.element_size()));
   const double timeout = deadline_for(o);
+  bytes_sent_ += static_cast<int64_t>(in.nbytes());
   return submit(
       w,
       [src, dst, bytes, timeout](Transport& tr) {
@@ -283,6 +285,7 @@ WorkPtr ProcessGroup::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op,
   auto dst = std::make_shared<Buffer>(out, true, false);
   const auto elems = scaled(c, row_elems(in));
   const double timeout = deadline_for(o);
+  bytes_sent_ += static_cast<int64_t>(in.nbytes());
   const int n = size();
   return submit(
       w,
@@ -317,6 +320,7 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
   const auto sb = scaled(sc, rb), rbytes = scaled(rc, rb);
   const double timeout = deadline_for(o);
   const bool even = send_counts.empty() && recv_counts.empty();
+  bytes_sent_ += static_cast<int64_t>(in.nbytes());
   return submit(
       w,
       [src, dst, sb, rbytes, even, timeout](Transport& tr) {
@@ -334,6 +338,7 @@ WorkPtr ProcessGroup::broadcast(Tensor& t, int root, CallOptions o) {
              size());
   auto b = std::make_shared<Buffer>(t, false, rank() == root);
   const double timeout = deadline_for(o);
+  if (rank() == root) bytes_sent_ += static_cast<int64_t>(t.nbytes());
   return submit(
       w,
       [b, root, timeout](Transport& tr) {
@@ -364,6 +369,7 @@ WorkPtr ProcessGroup::send(const Tensor& t, int dst, int tag) {
              " must be another rank of the group (size ", size(), ")");
   COIL_CHECK(tag >= 0, w, ": tag must be >= 0, got ", tag);
   Tensor c = t.contiguous();
+  bytes_sent_ += static_cast<int64_t>(c.nbytes());
   return send_bytes(c.raw_data(), static_cast<int64_t>(c.nbytes()), dst, tag, [c] {});
 }
 

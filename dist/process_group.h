@@ -9,6 +9,7 @@
 // any coil dtype; bf16 and f16 sums and averages are computed in float32 and rounded once.
 // A process started without a launcher is a world of one and every call works unchanged.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -57,6 +58,10 @@ class ProcessGroup {
   virtual std::string backend() const = 0;
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }
+  // Bytes this rank has handed to the group's calls so far (each call's input: the tensor of
+  // all_reduce, the input of all_gather, reduce_scatter and all_to_all, a broadcast root's
+  // tensor, a send's): a meter for tests and benchmarks of what a scheme communicates.
+  int64_t bytes_sent() const { return bytes_sent_.load(); }
 
   // ---- collectives (every member calls them, in the same order) ----
   // In place: every rank ends with the reduction of all ranks' tensors.
@@ -118,6 +123,7 @@ class ProcessGroup {
   int rank_;
   std::vector<int> world_ranks_;
   double timeout_s_ = 0;
+  std::atomic<int64_t> bytes_sent_{0};
 };
 
 // ---- the world ----

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "../autograd/autograd.h"
+#include "../dist/device_mesh.h"
 #include "../core/error.h"
 #include "../core/rng.h"
 #include "../ops/ops.h"
@@ -99,39 +100,61 @@ LMTrainer::LMTrainer(std::shared_ptr<MambaLM> model, ByteCorpus data, TrainOptio
   opt_ = std::make_unique<optim::AdamW>(pg, ao);
   sched_ = std::make_unique<optim::LRScheduler>(
       *opt_, optim::LRSchedule::cosine(o_.warmup_steps, o_.total_steps, o_.min_lr_ratio));
-  if (o_.data_parallel && dist::world_size() > 1) {
-    COIL_CHECK(o_.batch % dist::world_size() == 0, "LMTrainer: batch ", o_.batch,
-               " does not split evenly over ", dist::world_size(), " data-parallel ranks");
-    dp_ = std::make_unique<DataParallel>(*model_);
+  const int64_t world = dist::world_size(), cp = o_.context_parallel;
+  COIL_CHECK(cp >= 1 && world % cp == 0, "LMTrainer: context_parallel ", cp,
+             " must divide the world size ", world);
+  if (cp > 1) {
+    dist::DeviceMesh mesh({world / cp, cp}, {"dp", "cp"});
+    cp_group_ = mesh.group("cp");
+    dp_size_ = world / cp;
+    dp_rank_ = mesh.coordinate(0);
+    model_->set_context_parallel(dist::ContextParallel{cp_group_, o_.state_passing});
+  } else if (o_.data_parallel) {
+    dp_size_ = world;
+    dp_rank_ = dist::rank();
   }
+  COIL_CHECK(o_.batch % dp_size_ == 0, "LMTrainer: batch ", o_.batch,
+             " does not split evenly over ", dp_size_, " data-parallel ranks");
+  if (world > 1 && (o_.data_parallel || cp > 1)) dp_ = std::make_unique<DataParallel>(*model_);
 }
 
 LMTrainer::~LMTrainer() = default;
 
-namespace {
-Tensor lm_loss(const MambaLM& m, const Tensor& window) {
+Tensor LMTrainer::local_loss(const Tensor& window, int64_t global_rows) const {
   const int64_t b = window.size(0), L = window.size(1) - 1;
-  Tensor logits = m.forward(window.narrow(1, 0, L));
-  return cross_entropy(logits.reshape({b * L, logits.size(2)}),
-                       window.narrow(1, 1, L).reshape({b * L}));
+  int64_t start = 0, len = L;
+  if (cp_group_) {  // this rank's piece of the sequence (torch.chunk's split)
+    const auto sizes = dist::shard_sizes(L, cp_group_->size());
+    for (int r = 0; r < cp_group_->rank(); ++r) start += sizes[r];
+    len = sizes[cp_group_->rank()];
+  }
+  Tensor logits = model_->forward(window.narrow(1, start, len));
+  Tensor targets = window.narrow(1, start + 1, len).reshape({b * len});
+  if (!cp_group_) {
+    Tensor mean = cross_entropy(logits.reshape({b * len, logits.size(2)}), targets);
+    return global_rows == b ? mean : mean * (static_cast<double>(b) / global_rows);
+  }
+  Tensor sum = cross_entropy(logits.reshape({b * len, logits.size(2)}), targets, -100, 0.0, "sum");
+  return sum / static_cast<double>(global_rows * L);
 }
-}  // namespace
 
 double LMTrainer::train_step() {
   model_->train();
   Tensor w = data_.batch(false, o_.batch, o_.seq_len, o_.data_seed, step_);
-  if (dp_) {  // this rank's rows of the global batch
-    const int64_t rows = o_.batch / dist::world_size();
-    w = w.narrow(0, dist::rank() * rows, rows);
-  }
-  Tensor loss = lm_loss(*model_, w);
+  const int64_t rows = o_.batch / dp_size_;
+  if (dp_size_ > 1) w = w.narrow(0, dp_rank_ * rows, rows);  // this rank's rows
+  // loss: this rank's share of the global batch's mean; the ranks' shares sum to it
+  Tensor loss = local_loss(w, o_.batch);
   opt_->zero_grad();
-  loss.backward();
+  // DataParallel averages gradients over the world: scaled by the world size, the average is
+  // the sum of the ranks' shares
+  const double world = dp_ ? static_cast<double>(dist::world_size()) : 1.0;
+  (world == 1 ? loss : loss * world).backward();
   double value = (dist::is_dtensor(loss) ? dist::full_tensor(loss) : loss).item<double>();
   if (dp_) {
     dp_->finish_gradient_sync();
     Tensor v = full({1}, value, Options(kF64));
-    dist::all_reduce(v, dist::ReduceOp::kAvg);
+    dist::all_reduce(v, dist::ReduceOp::kSum);
     value = v.item<double>();
   }
   if (o_.grad_clip > 0) optim::clip_grad_norm_(model_->parameters(), o_.grad_clip);
@@ -146,8 +169,14 @@ double LMTrainer::evaluate(int64_t batches) const {
   model_->eval();
   double total = 0;
   for (int64_t i = 0; i < batches; ++i) {
-    Tensor l = lm_loss(*model_, data_.batch(true, o_.batch, o_.seq_len, o_.data_seed + 1, i));
-    total += (dist::is_dtensor(l) ? dist::full_tensor(l) : l).item<double>();
+    Tensor l = local_loss(data_.batch(true, o_.batch, o_.seq_len, o_.data_seed + 1, i), o_.batch);
+    double v = (dist::is_dtensor(l) ? dist::full_tensor(l) : l).item<double>();
+    if (cp_group_) {  // every dp replica evaluates the whole batch; the cp ranks add their pieces
+      Tensor t = full({1}, v, Options(kF64));
+      dist::all_reduce(t, dist::ReduceOp::kSum, cp_group_);
+      v = t.item<double>();
+    }
+    total += v;
   }
   model_->train();
   return total / static_cast<double>(std::max<int64_t>(1, batches));

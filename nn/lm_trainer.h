@@ -48,6 +48,13 @@ struct TrainOptions {
   // and gradients are averaged over the world (nn::DataParallel), so the run computes what one
   // process computes on the whole batch. Only rank 0 writes checkpoints.
   bool data_parallel = false;
+  // Under mpirun: the sequence of every batch split over this many ranks (context
+  // parallelism, dist/context_parallel.h), the world being a (dp, cp) mesh with the cp ranks
+  // adjacent; the remaining world_size / cp ranks split the batch (data parallelism). Gradients
+  // are summed over cp and averaged over dp, so the run computes what one process computes on
+  // the whole batch.
+  int64_t context_parallel = 1;
+  dist::StatePassing state_passing = dist::StatePassing::kAllGather;
 };
 
 class DataParallel;
@@ -81,7 +88,12 @@ class LMTrainer {
   TrainOptions o_;
   std::unique_ptr<optim::AdamW> opt_;
   std::unique_ptr<optim::LRScheduler> sched_;
-  std::unique_ptr<DataParallel> dp_;  // set under data parallelism over more than one rank
+  std::unique_ptr<DataParallel> dp_;  // set when gradients are reduced over more than one rank
+  dist::GroupPtr cp_group_;           // set under context parallelism over more than one rank
+  int64_t dp_size_ = 1, dp_rank_ = 0;
+  // This rank's loss (sum over its tokens / tokens of the global batch) on a window (rows,
+  // L + 1); under context parallelism on this rank's piece of the sequence.
+  Tensor local_loss(const Tensor& window, int64_t global_rows) const;
   int64_t step_ = 0;
 };
 

@@ -151,9 +151,13 @@ Tensor Mamba::forward(const Tensor& u, LayerCache* cache) const {
   COIL_CHECK(u.dim() == 3 && u.size(2) == in_proj->weight.size(1),
              "Mamba: input must be (batch, L, ", in_proj->weight.size(1), "), got ", u.shape_str());
   const int64_t b = u.size(0), L = u.size(1);
+  const dist::ContextParallel* cp = context_parallel ? &*context_parallel : nullptr;
+  COIL_CHECK(!(cp && cache), "Mamba: a decoding cache and context parallelism do not mix");
   TensorList xz = split(in_proj->forward(u), Shape{d_inner, d_inner}, -1);
   Tensor window;
-  Tensor x = conv1d->forward(xz[0], true, cache ? cache->conv_window : Tensor(),
+  Tensor x = conv1d->forward(xz[0], true,
+                             cp ? dist::cp_conv_halo(xz[0], conv1d->kernel_size() - 1, *cp)
+                                : (cache ? cache->conv_window : Tensor()),
                              cache ? &window : nullptr);
   SelectiveScanOptions o;
   o.D = D;
@@ -175,7 +179,8 @@ Tensor Mamba::forward(const Tensor& u, LayerCache* cache) const {
     Bt = B.expand({b, L, d_inner, d_state});
     Ct = C.expand({b, L, d_inner, d_state});
   }
-  auto [y, state] = selective_scan(x, delta, neg(exp(A_log)), Bt, Ct, o);
+  auto [y, state] = cp ? dist::cp_selective_scan(x, delta, neg(exp(A_log)), Bt, Ct, o, *cp)
+                       : selective_scan(x, delta, neg(exp(A_log)), Bt, Ct, o);
   if (cache) {
     cache->conv_window = window;
     cache->ssm_state = state;
@@ -218,9 +223,13 @@ Tensor Mamba2::forward(const Tensor& u, LayerCache* cache) const {
              "Mamba2: input must be (batch, L, ", in_proj->weight.size(1), "), got ",
              u.shape_str());
   const int64_t b = u.size(0), L = u.size(1), gn = n_groups * d_state;
+  const dist::ContextParallel* cp = context_parallel ? &*context_parallel : nullptr;
+  COIL_CHECK(!(cp && cache), "Mamba2: a decoding cache and context parallelism do not mix");
   TensorList zxd = split(in_proj->forward(u), Shape{d_inner, d_inner + 2 * gn, n_heads}, -1);
   Tensor window;
-  Tensor xbc = conv1d->forward(zxd[1], true, cache ? cache->conv_window : Tensor(),
+  Tensor xbc = conv1d->forward(zxd[1], true,
+                               cp ? dist::cp_conv_halo(zxd[1], conv1d->kernel_size() - 1, *cp)
+                                  : (cache ? cache->conv_window : Tensor()),
                                cache ? &window : nullptr);
   TensorList s = split(xbc, Shape{d_inner, gn, gn}, -1);
   SsdScanOptions o;
@@ -231,9 +240,11 @@ Tensor Mamba2::forward(const Tensor& u, LayerCache* cache) const {
     o.initial_state = cache->ssm_state;
     o.return_final_state = true;
   }
-  auto [y, state] = ssd_scan(s[0].reshape({b, L, n_heads, head_dim}), zxd[2], neg(exp(A_log)),
-                             s[1].reshape({b, L, n_groups, d_state}),
-                             s[2].reshape({b, L, n_groups, d_state}), chunk_size, o);
+  const Tensor xs = s[0].reshape({b, L, n_heads, head_dim}),
+               Bs = s[1].reshape({b, L, n_groups, d_state}),
+               Cs = s[2].reshape({b, L, n_groups, d_state});
+  auto [y, state] = cp ? dist::cp_ssd_scan(xs, zxd[2], neg(exp(A_log)), Bs, Cs, chunk_size, o, *cp)
+                       : ssd_scan(xs, zxd[2], neg(exp(A_log)), Bs, Cs, chunk_size, o);
   if (cache) {
     cache->conv_window = window;
     cache->ssm_state = state;
@@ -292,6 +303,16 @@ MambaLM::MambaLM(const MambaConfig& config, DType dtype) : config_(config) {
       "lm_head",
       std::make_shared<Linear>(config_.hidden_size, tied ? 1 : config_.vocab_size, false, dtype));
   if (tied) lm_head->weight = backbone->embeddings->weight;
+}
+
+void MambaLM::set_context_parallel(const std::optional<dist::ContextParallel>& cp) {
+  std::optional<dist::ContextParallel> on = cp;
+  if (on && (!on->group || on->group->size() == 1)) on.reset();
+  for (const auto& [name, layer] : backbone->layers->named_children()) {
+    auto block = std::dynamic_pointer_cast<MambaBlock>(layer);
+    if (auto m = std::dynamic_pointer_cast<Mamba>(block->mixer)) m->context_parallel = on;
+    if (auto m = std::dynamic_pointer_cast<Mamba2>(block->mixer)) m->context_parallel = on;
+  }
 }
 
 Tensor MambaLM::forward(const Tensor& ids, MambaCache* cache) const {

@@ -10,8 +10,10 @@
 //     lm_head                       tied to the embedding unless tie_word_embeddings is false
 #pragma once
 #include <limits>
+#include <optional>
 #include <string>
 
+#include "../dist/context_parallel.h"
 #include "layers.h"
 
 namespace coil::nn {
@@ -97,6 +99,8 @@ class Mamba : public Module {
   Tensor dt_bias, B, C;  // the non-selective ablation's (d_inner), (d_inner, N), (d_inner, N)
   int64_t d_inner, d_state, dt_rank;
   bool selective;
+  // Set: u is this rank's piece of a sequence split over the group (dist/context_parallel.h).
+  std::optional<dist::ContextParallel> context_parallel;
 };
 
 // Mamba-2 mixer (MATH.md 3). forward(u (batch, L, d_model)) -> (batch, L, d_model).
@@ -110,6 +114,8 @@ class Mamba2 : public Module {
   std::shared_ptr<RMSNormGated> norm;
   Tensor dt_bias, A_log, D;
   int64_t d_inner, d_state, n_heads, head_dim, n_groups, chunk_size;
+  // Set: u is this rank's piece of a sequence split over the group (dist/context_parallel.h).
+  std::optional<dist::ContextParallel> context_parallel;
 };
 
 // Pre-norm residual block: x + mixer(norm(x)).
@@ -166,6 +172,12 @@ class MambaLM : public Module {
   // Hugging Face directory: config.json + model.safetensors (or a sharded index).
   static std::shared_ptr<MambaLM> from_pretrained(const std::string& dir, DType dtype = kF32);
   void save_pretrained(const std::string& dir) const;
+
+  // Context parallelism: forward takes this rank's piece (torch.chunk's split of the sequence
+  // over cp.group) and returns its logits; the mixers exchange their conv halo and scan state
+  // (dist/context_parallel.h). Parameter gradients are this rank's share: sum them over the
+  // group (LMTrainer does, with data parallelism). A group of one, or nullopt, turns it off.
+  void set_context_parallel(const std::optional<dist::ContextParallel>& cp);
 
   const MambaConfig& config() const { return config_; }
   std::shared_ptr<MambaBackbone> backbone;

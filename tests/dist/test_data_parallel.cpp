@@ -21,8 +21,11 @@ nn::MambaConfig tiny() {
 
 // layout "tp": every layer's in_proj colwise and out_proj rowwise over the world; "tp+sp" adds
 // sequence parallelism on the block norms and the final norm.
+// cp: context parallelism over that many ranks (the rest of the world data-parallel).
 std::vector<double> train(bool data_parallel, const std::string& path, int steps,
-                          const std::string& layout = "", const std::string& mixer = "mamba") {
+                          const std::string& layout = "", const std::string& mixer = "mamba",
+                          int64_t cp = 1,
+                          dist::StatePassing passing = dist::StatePassing::kAllGather) {
   manual_seed(5);
   nn::MambaConfig cfg = tiny();
   cfg.model_type = mixer;
@@ -51,6 +54,8 @@ std::vector<double> train(bool data_parallel, const std::string& path, int steps
   o.warmup_steps = 3;
   o.lr = 1e-2;
   o.data_parallel = data_parallel;
+  o.context_parallel = cp;
+  o.state_passing = passing;
   nn::LMTrainer t(model, nn::ByteCorpus::open(path), o);
   std::vector<double> losses;
   for (int s = 0; s < steps; ++s) losses.push_back(t.train_step());
@@ -86,6 +91,28 @@ TEST_SUITE("dist") {
         for (int s = 0; s < 20; ++s) {
           CAPTURE(s);
           CHECK(std::abs(tp[s] - one[s]) <= 1e-5);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("context-parallel training gives one process's losses (cp = world; dp x cp 2x2)") {
+    ct::TempDir dir;
+    const std::string path = ct::write_corpus(dir, 4000);
+    const int64_t world = dist::world_size();
+    for (const char* mixer : {"mamba", "mamba2"}) {
+      CAPTURE(mixer);
+      const std::vector<double> one = train(false, path, 20, "", mixer);
+      std::vector<std::pair<std::string, std::vector<double>>> runs;
+      runs.emplace_back("cp", train(false, path, 20, "", mixer, world));
+      runs.emplace_back("cp serial",
+                        train(false, path, 20, "", mixer, world, dist::StatePassing::kSerial));
+      if (world == 4) runs.emplace_back("dp 2 x cp 2", train(true, path, 20, "", mixer, 2));
+      for (const auto& [name, losses] : runs) {
+        CAPTURE(name);
+        for (int s = 0; s < 20; ++s) {
+          CAPTURE(s);
+          CHECK(std::abs(losses[s] - one[s]) <= 1e-5 * std::abs(one[s]));
         }
       }
     }

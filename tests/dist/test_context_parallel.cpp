@@ -1,0 +1,283 @@
+// Context parallelism: the sequence split over the world (torch.chunk's pieces: uneven, shorter
+// than the conv's K-1, empty) gives the single-process scan and mixers on the whole sequence:
+// outputs, final states, input gradients and every parameter gradient (summed over the ranks),
+// for both state-passing schemes. Runs at 1, 2 and 4 ranks.
+#include "../test_util.h"
+
+using namespace coil;
+namespace dist = coil::dist;
+
+namespace {
+
+// normwise relative error
+double rel(const Tensor& got, const Tensor& want) {
+  const double n = want.to(kF64).square().sum().item<double>();
+  const double d = (got.to(kF64) - want.to(kF64)).square().sum().item<double>();
+  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
+}
+
+struct Piece {
+  int64_t start, length;
+};
+Piece my_piece(int64_t L) {
+  const auto sizes = dist::shard_sizes(L, dist::world_size());
+  int64_t start = 0;
+  for (int r = 0; r < dist::rank(); ++r) start += sizes[r];
+  return {start, sizes[dist::rank()]};
+}
+
+// lengths that give uneven pieces, pieces shorter than K-1 = 3, and empty ones at 2 and 4 ranks
+std::vector<int64_t> lengths() { return {2, 5, 7, 13, 24}; }
+
+const std::vector<std::pair<std::string, dist::StatePassing>> kSchemes = {
+    {"allgather", dist::StatePassing::kAllGather}, {"serial", dist::StatePassing::kSerial}};
+
+Tensor leaf(const Tensor& t) { return t.detach().clone().requires_grad_(true); }
+Tensor piece_leaf(const Tensor& t, const Piece& p) { return leaf(t.narrow(1, p.start, p.length)); }
+
+// Sum over the ranks of this rank's gradient (a parameter's, replicated on every rank).
+Tensor summed(const Tensor& g, const Tensor& like) {
+  Tensor s = g.defined() ? g.detach().clone() : zeros_like(like);  // undefined: no share
+  dist::all_reduce(s);
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("dist") {
+  TEST_CASE("context-parallel selective_scan and ssd_scan equal the whole sequence's") {
+    dist::ContextParallel cp{dist::world()};
+    for (int64_t L : lengths()) {
+      CAPTURE(L);
+      const Piece pc = my_piece(L);
+      manual_seed(20 + L);
+      // Mamba-1 shapes: batch 2, dim 3, N 4, two groups of B/C
+      const Tensor u = randn({2, L, 4}, kF64), delta = randn({2, L, 4}, kF64) * 0.5,
+                   A = -rand({4, 3}, kF64) - 0.2, B = randn({2, L, 2, 3}, kF64),
+                   C = randn({2, L, 2, 3}, kF64), D = randn({4}, kF64), z = randn({2, L, 4}, kF64),
+                   bias = randn({4}, kF64) * 0.3, h0 = randn({2, 4, 3}, kF64),
+                   wy = randn({2, L, 4}, kF64), wh = randn({2, 4, 3}, kF64);
+      // Mamba-2 shapes: batch 2, heads 4, headdim 2, groups 2, N 3
+      const Tensor x = randn({2, L, 4, 2}, kF64), dt = randn({2, L, 4}, kF64) * 0.5,
+                   Ah = -rand({4}, kF64) - 0.2, Bs = randn({2, L, 2, 3}, kF64),
+                   Cs = randn({2, L, 2, 3}, kF64), Dh = randn({4}, kF64),
+                   zs = randn({2, L, 4, 2}, kF64), dtb = randn({4}, kF64) * 0.3,
+                   s0 = randn({2, 4, 2, 3}, kF64), wys = randn({2, L, 4, 2}, kF64),
+                   whs = randn({2, 4, 2, 3}, kF64);
+      for (const auto& [scheme, passing] : kSchemes) {
+        CAPTURE(scheme);
+        cp.passing = passing;
+        {  // selective_scan
+          TensorList ref_in = {leaf(u), leaf(delta), leaf(A),    leaf(B), leaf(C),
+                               leaf(D), leaf(z),     leaf(bias), leaf(h0)};
+          auto run = [](const TensorList& v, const dist::ContextParallel* c) {
+            SelectiveScanOptions o;
+            o.D = v[5];
+            o.z = v[6];
+            o.delta_bias = v[7];
+            o.initial_state = v[8];
+            o.delta_softplus = true;
+            o.return_final_state = true;
+            return c ? dist::cp_selective_scan(v[0], v[1], v[2], v[3], v[4], o, *c)
+                     : selective_scan(v[0], v[1], v[2], v[3], v[4], o);
+          };
+          auto [y_ref, h_ref] = run(ref_in, nullptr);
+          ((y_ref * wy).sum() + (h_ref * wh).sum()).backward();
+          TensorList in = {piece_leaf(u, pc), piece_leaf(delta, pc),
+                           leaf(A),           piece_leaf(B, pc),
+                           piece_leaf(C, pc), leaf(D),
+                           piece_leaf(z, pc), leaf(bias),
+                           leaf(h0)};
+          auto [y, h] = run(in, &cp);
+          // each rank adds its share of the final state's term: the ranks' losses sum to one
+          ((y * wy.narrow(1, pc.start, pc.length)).sum() +
+           (h * wh).sum() / static_cast<double>(dist::world_size()))
+              .backward();
+          CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < 1e-10);
+          CHECK(rel(h, h_ref) < 1e-10);
+          for (int i : {0, 1, 3, 4, 6}) {
+            CAPTURE(i);
+            CHECK(rel(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < 1e-10);
+          }
+          for (int i : {2, 5, 7, 8}) {
+            CAPTURE(i);
+            CHECK(rel(summed(in[i].grad(), in[i]), ref_in[i].grad()) < 1e-10);
+          }
+        }
+        {  // ssd_scan
+          TensorList ref_in = {leaf(x),  leaf(dt), leaf(Ah),  leaf(Bs), leaf(Cs),
+                               leaf(Dh), leaf(zs), leaf(dtb), leaf(s0)};
+          auto run = [](const TensorList& v, const dist::ContextParallel* c) {
+            SsdScanOptions o;
+            o.D = v[5];
+            o.z = v[6];
+            o.dt_bias = v[7];
+            o.initial_state = v[8];
+            o.dt_softplus = true;
+            o.return_final_state = true;
+            return c ? dist::cp_ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o, *c)
+                     : ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o);
+          };
+          auto [y_ref, h_ref] = run(ref_in, nullptr);
+          ((y_ref * wys).sum() + (h_ref * whs).sum()).backward();
+          TensorList in = {piece_leaf(x, pc),
+                           leaf(dt.narrow(1, pc.start, pc.length)),
+                           leaf(Ah),
+                           piece_leaf(Bs, pc),
+                           piece_leaf(Cs, pc),
+                           leaf(Dh),
+                           piece_leaf(zs, pc),
+                           leaf(dtb),
+                           leaf(s0)};
+          auto [y, h] = run(in, &cp);
+          ((y * wys.narrow(1, pc.start, pc.length)).sum() +
+           (h * whs).sum() / static_cast<double>(dist::world_size()))
+              .backward();
+          CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < 1e-10);
+          CHECK(rel(h, h_ref) < 1e-10);
+          for (int i : {0, 1, 3, 4, 6}) {
+            CAPTURE(i);
+            CHECK(rel(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < 1e-10);
+          }
+          for (int i : {2, 5, 7, 8}) {
+            CAPTURE(i);
+            CHECK(rel(summed(in[i].grad(), in[i]), ref_in[i].grad()) < 1e-10);
+          }
+        }
+      }
+    }
+  }
+
+  TEST_CASE("context-parallel conv halo: the K-1 inputs before each piece, gradients sent back") {
+    dist::ContextParallel cp{dist::world()};
+    for (int64_t L : lengths()) {
+      CAPTURE(L);
+      const Piece pc = my_piece(L);
+      manual_seed(3);
+      const Tensor x = randn({2, L, 5}, kF64), w = randn({2, 3, 5}, kF64);
+      Tensor xl = piece_leaf(x, pc);
+      Tensor halo = dist::cp_conv_halo(xl, 3, cp);
+      // the reference: the 3 inputs before the piece, zeros before the sequence
+      Tensor want = cat({zeros({2, 3, 5}, kF64), x}, 1).narrow(1, pc.start, 3);
+      CHECK(rel(halo, want) == 0);
+      if (halo.requires_grad()) (halo * w).sum().backward();
+      // each input's gradient: the sum of the halo weights of every rank whose window holds it
+      Tensor g = zeros({2, L + 3, 5}, kF64);
+      for (int r = 0; r < dist::world_size(); ++r) {
+        int64_t start = 0;
+        const auto sizes = dist::shard_sizes(L, dist::world_size());
+        for (int j = 0; j < r; ++j) start += sizes[j];
+        Tensor sl = g.narrow(1, start, 3);
+        sl.add_(w);
+      }
+      Tensor gx = g.narrow(1, 3, L).narrow(1, pc.start, pc.length);
+      // (a world of one has a constant halo: no gradient reaches x)
+      CHECK(rel(xl.grad().defined() ? xl.grad() : zeros_like(gx), gx) < 1e-15);
+    }
+  }
+
+  TEST_CASE("context-parallel Mamba and Mamba2 mixers equal the whole sequence's, f64 and f32") {
+    for (const std::string type : {"mamba", "mamba2"}) {
+      for (DType dtype : {kF64, kF32}) {
+        for (const auto& [scheme, passing] : kSchemes) {
+          CAPTURE(type);
+          CAPTURE(dtype);
+          CAPTURE(scheme);
+          nn::MambaConfig c;
+          c.model_type = type;
+          c.hidden_size = 8;
+          c.state_size = 4;
+          c.num_hidden_layers = 1;
+          c.num_heads = 4;
+          c.head_dim = 4;
+          c.n_groups = 2;
+          c.chunk_size = 4;
+          manual_seed(11);
+          std::shared_ptr<nn::Module> m;
+          std::function<Tensor(const Tensor&)> fwd;
+          if (type == "mamba") {
+            auto mm = std::make_shared<nn::Mamba>(c, dtype);
+            fwd = [mm](const Tensor& u) { return mm->forward(u); };
+            m = mm;
+          } else {
+            auto mm = std::make_shared<nn::Mamba2>(c, dtype);
+            fwd = [mm](const Tensor& u) { return mm->forward(u); };
+            m = mm;
+          }
+          auto set_cp = [&](bool on) {
+            std::optional<dist::ContextParallel> v;
+            if (on) v = dist::ContextParallel{dist::world(), passing};
+            if (auto a = std::dynamic_pointer_cast<nn::Mamba>(m)) a->context_parallel = v;
+            if (auto a = std::dynamic_pointer_cast<nn::Mamba2>(m)) a->context_parallel = v;
+          };
+          const double tol = dtype == kF64 ? 1e-10 : 1e-5;
+          for (int64_t L : {5, 13}) {
+            CAPTURE(L);
+            const Piece pc = my_piece(L);
+            const Tensor u = randn({2, L, 8}, dtype), w = randn({2, L, 8}, dtype);
+            set_cp(false);
+            m->zero_grad();
+            Tensor ur = leaf(u);
+            Tensor y_ref = fwd(ur);
+            (y_ref * w).sum().backward();
+            std::vector<Tensor> ref_grads;
+            for (const Tensor& p : m->parameters()) ref_grads.push_back(p.grad().detach().clone());
+            m->zero_grad();
+            set_cp(true);
+            Tensor ul = piece_leaf(u, pc);
+            Tensor y = fwd(ul);
+            (y * w.narrow(1, pc.start, pc.length)).sum().backward();
+            CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < tol);
+            CHECK(rel(ul.grad(), ur.grad().narrow(1, pc.start, pc.length)) < tol);
+            const auto params = m->named_parameters();
+            for (size_t i = 0; i < params.size(); ++i) {
+              CAPTURE(params[i].first);
+              CHECK(rel(summed(params[i].second.grad(), params[i].second), ref_grads[i]) < tol);
+            }
+          }
+          set_cp(false);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("context parallelism sends the same bytes per layer whatever the sequence length") {
+    nn::MambaConfig c;
+    c.model_type = "mamba2";
+    c.hidden_size = 16;
+    c.state_size = 8;
+    c.num_heads = 4;
+    c.head_dim = 8;
+    c.n_groups = 1;
+    c.chunk_size = 8;
+    c.num_hidden_layers = 2;
+    for (const auto& [scheme, passing] : kSchemes) {
+      CAPTURE(scheme);
+      for (const std::string type : {"mamba", "mamba2"}) {
+        CAPTURE(type);
+        c.model_type = type;
+        manual_seed(2);
+        auto lm = std::make_shared<nn::MambaLM>(c);
+        // a group of its own, so the meter counts only this model's traffic
+        dist::GroupPtr g = dist::world()->split(0, dist::rank());
+        lm->set_context_parallel(dist::ContextParallel{g, passing});
+        std::vector<int64_t> sent;
+        for (int64_t L : {64, 256}) {
+          const Piece pc = my_piece(L);
+          Tensor ids = randint(0, 256, {2, L + 1});
+          const int64_t before = g->bytes_sent();
+          Tensor logits = lm->forward(ids.narrow(1, pc.start, pc.length));
+          Tensor loss =
+              cross_entropy(logits.reshape({-1, logits.size(2)}),
+                            ids.narrow(1, pc.start + 1, pc.length).reshape({-1}), -100, 0.0, "sum");
+          loss.backward();
+          sent.push_back(g->bytes_sent() - before);
+        }
+        MESSAGE(type << " " << scheme << ": bytes sent per step at L=64 and 256 (2 layers): "
+                     << sent[0] << ", " << sent[1]);
+        CHECK(sent[0] == sent[1]);
+        if (dist::world_size() > 1) CHECK(sent[0] > 0);
+      }
+    }
+  }
+}
