@@ -7,6 +7,7 @@
 #include "context_parallel.h"
 
 #include "../autograd/grad_mode.h"
+#include "../autograd/node.h"
 #include "../ops/ops.h"
 #include "functional.h"
 
@@ -69,6 +70,40 @@ std::pair<Tensor, Tensor> serial(
   if (want_final)
     final_state = functional::all_gather(fin.unsqueeze(0), 0, g).narrow(0, P - 1, 1).squeeze(0);
   return {y, final_state};
+}
+
+// What the incoming state adds to a Mamba-2 piece's output: out_t[h, p] = decay_t[h] *
+// sum_n init[h, p, n] C_t[g(h), n], one matrix product per group of heads. A node of its own so
+// that backward recomputes the (L x heads x headdim) product instead of keeping it: the saved
+// tensors are C (already kept by the scan), init and decay, O(state + L x heads).
+// C (b, L, G, N), init (b, H, P, N), decay (b, L, H) -> (b, L, H, P).
+Tensor init_contribution(const Tensor& C, const Tensor& init, const Tensor& decay) {
+  const int64_t b = C.size(0), L = C.size(1), G = C.size(2), N = C.size(3), H = init.size(1),
+                P = init.size(2), HgP = (H / G) * P;
+  // per group: (b, G, L, N) @ (b, G, N, HgP) -> (b, G, L, HgP), as (b, L, H, P)
+  auto product = [=](const Tensor& c, const Tensor& s) {
+    Tensor I = s.reshape({b, G, HgP, N}).transpose(-1, -2);
+    return matmul(c.permute({0, 2, 1, 3}), I).permute({0, 2, 1, 3}).reshape({b, L, H, P});
+  };
+  Tensor out;
+  {
+    NoGradGuard ng;
+    out = product(C.detach(), init.detach()) * decay.detach().unsqueeze(-1);
+  }
+  if (needs_grad({&C, &init, &decay})) {
+    Tensor c = C.detach(), s = init.detach(), d = decay.detach();
+    record("dist.cp_init_contribution", {C, init, decay}, {out},
+           [=](const TensorList& g) -> TensorList {
+             Tensor dm = (g[0] * d.unsqueeze(-1)).reshape({b, L, G, HgP}).permute({0, 2, 1, 3});
+             Tensor I = s.reshape({b, G, HgP, N}).transpose(-1, -2);             // (b, G, N, HgP)
+             Tensor dc = matmul(dm, I.transpose(-1, -2)).permute({0, 2, 1, 3});  // (b, L, G, N)
+             Tensor di = matmul(c.permute({0, 2, 3, 1}), dm);                    // (b, G, N, HgP)
+             Tensor dinit = di.transpose(-1, -2).reshape({b, H, P, N});
+             Tensor ddecay = (g[0] * product(c, s)).sum({3});
+             return {dc, dinit, ddecay};
+           });
+  }
+  return out;
 }
 
 void check_group(const char* op, const ContextParallel& cp) {
@@ -158,8 +193,7 @@ std::pair<Tensor, Tensor> cp_ssd_scan(const Tensor& x, const Tensor& dt, const T
   COIL_CHECK(x.dim() == 4 && C.dim() == 4, "cp_ssd_scan: x must be (batch, L, heads, headdim) ",
              "and C (batch, L, groups, N), got ", x.shape_str(), " and ", C.shape_str());
   const GroupPtr& g = cp.group;
-  const int64_t b = x.size(0), L = x.size(1), H = x.size(2), P = x.size(3), G = C.size(2),
-                N = C.size(3);
+  const int64_t b = x.size(0), H = x.size(2), P = x.size(3), N = C.size(3);
   const DType st = compute_dtype(x.dtype());
   if (cp.passing == StatePassing::kSerial) {
     return serial(
@@ -184,12 +218,9 @@ std::pair<Tensor, Tensor> cp_ssd_scan(const Tensor& x, const Tensor& dt, const T
   Tensor states = states_between(lams.reshape({lams.size(0), b, H, 1, 1}), Fs, o.initial_state);
   Tensor init = state_at(states, g->rank());  // (batch, heads, headdim, N)
   // y is linear in the incoming state: y_t += exp(A_h cumsum(Δ)_t) * (init_h C_t), before the
-  // gate (matrix products per group of heads)
-  Tensor Cg = widen(C).permute({0, 2, 1, 3});                                    // (b, G, L, N)
-  Tensor I = init.reshape({b, G, (H / G) * P, N}).transpose(-1, -2);             // (b, G, N, HP/G)
-  Tensor from_init = matmul(Cg, I).permute({0, 2, 1, 3}).reshape({b, L, H, P});  // (b, L, H, P)
-  Tensor decay = exp(cumsum(d, 1) * a).unsqueeze(-1);
-  Tensor y = y0 + (from_init * decay).to(y0.dtype());
+  // gate
+  Tensor decay = exp(cumsum(d, 1) * a);  // (b, L, H)
+  Tensor y = y0 + init_contribution(widen(C), init, decay).to(y0.dtype());
   if (o.z.defined()) y = y * silu(o.z);
   return {y, o.return_final_state ? state_at(states, g->size()) : Tensor()};
 }

@@ -32,6 +32,7 @@ struct Args {
   double lr = 4e-3, max_minutes = 5.0;
   uint64_t seed = 0;
   int threads = 0;
+  int64_t cp = 1;            // context parallelism: ranks sharing each sequence (under mpirun)
   bool steps_given = false;  // --resume keeps the run's steps unless --steps says otherwise
 };
 
@@ -48,7 +49,9 @@ void usage() {
       "  --eval-every N     validation every N steps [100]\n"
       "  --out RUN          run folder to write [runs/demo]\n"
       "  --resume RUN       continue the run in folder RUN (its config and options)\n"
-      "  --seed N           [0]     --threads N   [all cores]\n",
+      "  --seed N           [0]     --threads N   [all cores]\n"
+      "  --cp N             under mpirun: split every sequence over N ranks (context\n"
+      "                     parallelism); the other world_size / N split the batch [1]\n",
       Args().data.c_str());
 }
 
@@ -91,6 +94,8 @@ Args parse(int argc, char** argv) {
       a.seed = std::stoull(val());
     else if (k == "--threads")
       a.threads = static_cast<int>(std::stol(val()));
+    else if (k == "--cp")
+      a.cp = std::stoll(val());
     else
       fail("train_lm: unknown option '", k, "' (see --help)");
   }
@@ -174,6 +179,7 @@ int main(int argc, char** argv) try {
   to.lr = a.lr;
   to.data_seed = 1000 + a.seed;
   to.data_parallel = dist::world_size() > 1;
+  to.context_parallel = a.cp;
   nn::LMTrainer trainer(model, data, to);
 
   if (main_rank) fs::create_directories(a.out);
@@ -192,9 +198,16 @@ int main(int argc, char** argv) try {
     config.save(a.out + "/config.json");
     io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
   }
-  if (main_rank && dist::world_size() > 1)
-    std::printf("data parallel over %d ranks: %lld rows of each batch per rank\n",
-                dist::world_size(), static_cast<long long>(a.batch / dist::world_size()));
+  if (main_rank && dist::world_size() > 1) {
+    const int64_t dp = dist::world_size() / a.cp;
+    std::printf("%lld ranks: data parallel over %lld (%lld rows of each batch per rank)",
+                static_cast<long long>(dist::world_size()), static_cast<long long>(dp),
+                static_cast<long long>(a.batch / dp));
+    if (a.cp > 1)
+      std::printf(", context parallel over %lld (about %lld bytes of each sequence per rank)",
+                  static_cast<long long>(a.cp), static_cast<long long>(a.seq_len / a.cp));
+    std::printf("\n");
+  }
   if (main_rank)
     std::printf(
         "model: %s, %lld layers, d_model %lld, %.2fM parameters; %lld steps of %lld x %lld bytes, "
@@ -259,6 +272,7 @@ int main(int argc, char** argv) try {
       "wrote %s/{config.json, model.safetensors, checkpoint.safetensors, metrics.csv, loss.svg}\n",
       a.out.c_str());
 
+  model->set_context_parallel(std::nullopt);  // rank 0 writes the sample alone
   nn::SamplingOptions sampling;
   sampling.temperature = 0.8;
   sampling.top_k = 40;
