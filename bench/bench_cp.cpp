@@ -10,7 +10,8 @@
 // before (parameters, optimizer state, communication buffers), less the parameters' gradients
 // (allocated during backward; not activations), the largest over the ranks. step_ms: forward,
 // backward, the gradient all_reduce over the ranks and AdamW, median of the timed steps, the
-// slowest rank's. fixed_mb: what is in use outside the step (parameters, gradients, AdamW).
+// slowest rank's; forward_ms, backward_ms and sync_ms (the wait for the gradient all_reduce after
+// backward) are its parts, the slowest rank's each. fixed_mb: what is in use outside the step (parameters, gradients, AdamW).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -26,6 +27,8 @@ int main(int argc, char** argv) {
   int64_t L = 32768, steps = 3;
   double base_ms = 0, base_mb = 0;
   int threads = 1;
+  double bucket_mb = 25;
+  dist::StatePassing passing = dist::StatePassing::kAllGather;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--L") L = std::stoll(v);
@@ -33,6 +36,8 @@ int main(int argc, char** argv) {
     if (k == "--threads") threads = std::stoi(v);
     if (k == "--baseline-ms") base_ms = std::stod(v);
     if (k == "--baseline-mb") base_mb = std::stod(v);
+    if (k == "--bucket-mb") bucket_mb = std::stod(v);
+    if (k == "--passing") passing = v == "serial" ? dist::StatePassing::kSerial : passing;
   }
   dist::init();
   set_num_threads(threads);
@@ -50,9 +55,11 @@ int main(int argc, char** argv) {
   c.chunk_size = 256;
   manual_seed(0);
   auto model = std::make_shared<nn::MambaLM>(c);
-  model->set_context_parallel(dist::ContextParallel{world});
+  model->set_context_parallel(dist::ContextParallel{world, passing});
   std::unique_ptr<nn::DataParallel> dp;
-  if (cp > 1) dp = std::make_unique<nn::DataParallel>(*model);  // sums the cp ranks' shares
+  nn::DataParallelOptions dpo;
+  dpo.bucket_mb = bucket_mb;
+  if (cp > 1 && bucket_mb > 0) dp = std::make_unique<nn::DataParallel>(*model, dpo);  // sums the cp ranks' shares
   optim::AdamWOptions ao;
   ao.lr = 1e-4;
   optim::AdamW opt(model->parameters(), ao);
@@ -61,7 +68,7 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rank; ++r) start += sizes[r];
   const int64_t len = sizes[rank];
 
-  std::vector<double> times;
+  std::vector<double> times, fwd, bwd, sync;
   double peak_mb = 0, fixed_mb = 0;
   for (int64_t s = 0; s < steps + 1; ++s) {    // the first step warms up (and allocates AdamW)
     Tensor ids = randint(0, 256, {1, L + 1});  // the same on every rank (same seed)
@@ -75,18 +82,27 @@ int main(int argc, char** argv) {
                   (static_cast<double>(cp) / static_cast<double>(L));
     logits = Tensor();
     opt.zero_grad();
+    const double t1 = bench::now_ms();
     loss.backward();
+    const double t2 = bench::now_ms();
     int64_t grad_bytes = 0;
     for (const Tensor& p : model->parameters()) grad_bytes += static_cast<int64_t>(p.nbytes());
     const double act = (memory_stats().peak_bytes_in_use - before - grad_bytes) / 1048576.0;
     if (dp) dp->finish_gradient_sync();
+    const double t3 = bench::now_ms();
     opt.step();
-    Tensor t = full({2}, 0.0, Options(kF64));
+    Tensor t = full({5}, 0.0, Options(kF64));
     t.data_ptr<double>()[0] = bench::now_ms() - t0;
     t.data_ptr<double>()[1] = act;
+    t.data_ptr<double>()[2] = t1 - t0;
+    t.data_ptr<double>()[3] = t2 - t1;
+    t.data_ptr<double>()[4] = t3 - t2;
     dist::all_reduce(t, dist::ReduceOp::kMax);
     if (s > 0) {
       times.push_back(t.data_ptr<double>()[0]);
+      fwd.push_back(t.data_ptr<double>()[2]);
+      bwd.push_back(t.data_ptr<double>()[3]);
+      sync.push_back(t.data_ptr<double>()[4]);
       peak_mb = std::max(peak_mb, t.data_ptr<double>()[1]);
       fixed_mb = memory_stats().bytes_in_use / 1048576.0;
     }
@@ -95,8 +111,9 @@ int main(int argc, char** argv) {
     const double ms = bench::median(times);
     std::printf(
         "bench=cp mixer=mamba2 L=%lld cp=%d threads=%d peak_activation_mb=%.1f fixed_mb=%.1f "
-        "step_ms=%.1f",
-        static_cast<long long>(L), cp, threads, peak_mb, fixed_mb, ms);
+        "forward_ms=%.1f backward_ms=%.1f sync_ms=%.1f step_ms=%.1f",
+        static_cast<long long>(L), cp, threads, peak_mb, fixed_mb, bench::median(fwd),
+        bench::median(bwd), bench::median(sync), ms);
     if (base_ms > 0)
       std::printf(" mem_ratio=%.3f time_ratio=%.3f", peak_mb / base_mb, ms / base_ms);
     std::printf(" tokens_per_s=%.0f\n", static_cast<double>(L) / (ms / 1000.0));

@@ -12,6 +12,10 @@
 namespace coil::dist::detail {
 
 double now_s();  // steady clock, seconds
+// A transport deadline (ProcessGroup::Transport) for a call: now + timeout with a timeout, else
+// kBackground for an asynchronous call, else 0.
+constexpr double kBackground = -1;
+inline double deadline_from(double timeout) { return timeout > 0 ? now_s() + timeout : timeout; }
 
 // Completed by whoever runs the call; wait() rethrows its error.
 class CallWork final : public Work {

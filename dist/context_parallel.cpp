@@ -6,6 +6,10 @@
 // the initial one).
 #include "context_parallel.h"
 
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
 #include "../autograd/grad_mode.h"
 #include "../autograd/node.h"
 #include "../ops/ops.h"
@@ -72,34 +76,105 @@ std::pair<Tensor, Tensor> serial(
   return {y, final_state};
 }
 
+// Per (batch, head): one past the last token whose decay is a normal float. Past it the decay
+// has underflowed to zero or to a denormal (below 1e-38 in f32, 1e-308 in f64): the incoming
+// state's share of those tokens, and the gradient that reaches A and Δ through them (exp's
+// backward multiplies by the decay), count as zero. Computing them would change nothing at any
+// tolerance, but arithmetic on denormals is a hundred times slower on x86.
+std::vector<int64_t> active_lengths(const Tensor& decay) {
+  const Tensor d = decay.contiguous();
+  const int64_t b = d.size(0), L = d.size(1), H = d.size(2);
+  std::vector<int64_t> T(static_cast<size_t>(b * H), 0);
+  auto scan = [&](auto* v) {
+    const auto tiny = std::numeric_limits<std::remove_pointer_t<decltype(v)>>::min();
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = L - 1; t >= 0; --t)
+          if (std::abs(v[(i * L + t) * H + h]) >= tiny) {
+            T[i * H + h] = t + 1;
+            break;
+          }
+  };
+  if (d.dtype() == kF64)
+    scan(d.data_ptr<double>());
+  else
+    scan(d.data_ptr<float>());
+  return T;
+}
+
 // What the incoming state adds to a Mamba-2 piece's output: out_t[h, p] = decay_t[h] *
-// sum_n init[h, p, n] C_t[g(h), n], one matrix product per group of heads. A node of its own so
-// that backward recomputes the (L x heads x headdim) product instead of keeping it: the saved
-// tensors are C (already kept by the scan), init and decay, O(state + L x heads).
+// sum_n init[h, p, n] C_t[g(h), n]. A node of its own so that backward recomputes the
+// (L x heads x headdim) product instead of keeping it: the saved tensors are C (already kept by
+// the scan), init and decay, O(state + L x heads). One matrix product per group of heads; when
+// the decays of many heads underflow early (fast-forgetting heads, long pieces), one product
+// per head over the tokens its state still reaches, the rest being exact zeros.
 // C (b, L, G, N), init (b, H, P, N), decay (b, L, H) -> (b, L, H, P).
 Tensor init_contribution(const Tensor& C, const Tensor& init, const Tensor& decay) {
   const int64_t b = C.size(0), L = C.size(1), G = C.size(2), N = C.size(3), H = init.size(1),
-                P = init.size(2), HgP = (H / G) * P;
+                P = init.size(2), Hg = H / G, HgP = Hg * P;
+  const std::vector<int64_t> T = active_lengths(decay.detach());
+  int64_t active = 0;
+  for (int64_t t : T) active += t;
+  const bool per_head = 4 * active < 3 * b * H * L;
   // per group: (b, G, L, N) @ (b, G, N, HgP) -> (b, G, L, HgP), as (b, L, H, P)
   auto product = [=](const Tensor& c, const Tensor& s) {
     Tensor I = s.reshape({b, G, HgP, N}).transpose(-1, -2);
     return matmul(c.permute({0, 2, 1, 3}), I).permute({0, 2, 1, 3}).reshape({b, L, H, P});
   };
-  Tensor out;
+  // per head: calls fn(i, h, t, C rows (t, N), init (P, N), decay (t, 1)) for active pairs
+  auto each_head = [=](const Tensor& c, const Tensor& s, const Tensor& d, const auto& fn) {
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t h = 0; h < H; ++h)
+        if (const int64_t t = T[i * H + h])
+          fn(i, h, t, c.select(0, i).select(1, h / Hg).narrow(0, 0, t), s.select(0, i).select(0, h),
+             d.select(0, i).select(1, h).narrow(0, 0, t).unsqueeze(1));
+  };
+  Tensor out, c = C.detach(), s = init.detach(), d = decay.detach().contiguous().clone();
+  {  // the decays past each (batch, head)'s active length count as zero
+    NoGradGuard ng;
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t h = 0; h < H; ++h)
+        if (T[i * H + h] < L)
+          d.select(0, i).select(1, h).narrow(0, T[i * H + h], L - T[i * H + h]).zero_();
+  }
   {
     NoGradGuard ng;
-    out = product(C.detach(), init.detach()) * decay.detach().unsqueeze(-1);
+    if (!per_head) {
+      out = product(c, s) * d.unsqueeze(-1);
+    } else {
+      out = zeros({b, L, H, P}, Options(C.dtype()));
+      each_head(c, s, d,
+                [&](int64_t i, int64_t h, int64_t t, const Tensor& ct, const Tensor& sh,
+                    const Tensor& dt) {
+                  out.select(0, i).select(1, h).narrow(0, 0, t).copy_(
+                      matmul(ct, sh.transpose(0, 1)) * dt);
+                });
+    }
   }
   if (needs_grad({&C, &init, &decay})) {
-    Tensor c = C.detach(), s = init.detach(), d = decay.detach();
     record("dist.cp_init_contribution", {C, init, decay}, {out},
            [=](const TensorList& g) -> TensorList {
-             Tensor dm = (g[0] * d.unsqueeze(-1)).reshape({b, L, G, HgP}).permute({0, 2, 1, 3});
-             Tensor I = s.reshape({b, G, HgP, N}).transpose(-1, -2);             // (b, G, N, HgP)
-             Tensor dc = matmul(dm, I.transpose(-1, -2)).permute({0, 2, 1, 3});  // (b, L, G, N)
-             Tensor di = matmul(c.permute({0, 2, 3, 1}), dm);                    // (b, G, N, HgP)
-             Tensor dinit = di.transpose(-1, -2).reshape({b, H, P, N});
-             Tensor ddecay = (g[0] * product(c, s)).sum({3});
+             if (!per_head) {
+               Tensor dm = (g[0] * d.unsqueeze(-1)).reshape({b, L, G, HgP}).permute({0, 2, 1, 3});
+               Tensor I = s.reshape({b, G, HgP, N}).transpose(-1, -2);             // (b, G, N, HgP)
+               Tensor dc = matmul(dm, I.transpose(-1, -2)).permute({0, 2, 1, 3});  // (b, L, G, N)
+               Tensor di = matmul(c.permute({0, 2, 3, 1}), dm);                    // (b, G, N, HgP)
+               Tensor dinit = di.transpose(-1, -2).reshape({b, H, P, N});
+               Tensor ddecay = (g[0] * product(c, s)).sum({3}) *
+                               ne(d, zeros({}, Options(d.dtype()))).to(d.dtype());
+               return {dc, dinit, ddecay};
+             }
+             Tensor dc = zeros_like(c), dinit = zeros_like(s), ddecay = zeros_like(d);
+             each_head(c, s, d,
+                       [&](int64_t i, int64_t h, int64_t t, const Tensor& ct, const Tensor& sh,
+                           const Tensor& dt) {
+                         Tensor gh = g[0].select(0, i).select(1, h).narrow(0, 0, t);  // (t, P)
+                         Tensor dm = gh * dt;
+                         dc.select(0, i).select(1, h / Hg).narrow(0, 0, t).add_(matmul(dm, sh));
+                         dinit.select(0, i).select(0, h).copy_(matmul(dm.transpose(0, 1), ct));
+                         ddecay.select(0, i).select(1, h).narrow(0, 0, t).copy_(
+                             (gh * matmul(ct, sh.transpose(0, 1))).sum({1}));
+                       });
              return {dc, dinit, ddecay};
            });
   }

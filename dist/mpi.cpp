@@ -58,16 +58,18 @@ MPI_Op mpi_op(ReduceOp op, DType t) {
   }
 }
 
-// Polls a non-blocking call until it completes or the deadline passes.
+// Polls a non-blocking call until it completes or the deadline passes (a negative deadline: none;
+// the call runs in the background and yields the core between polls).
 void complete_by(MPI_Request& req, double deadline) {
+  const int spin = deadline < 0 ? 4 : 64;
   for (int spins = 0;; ++spins) {
     int done = 0;
     check_mpi(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
     if (done) return;
-    if (now_s() > deadline)
+    if (deadline > 0 && now_s() > deadline)
       fail("timed out: the call did not complete before its deadline; the group can no ",
            "longer be used (MPI cannot cancel a collective)");
-    if (spins > 64) sched_yield();
+    if (spins > spin) sched_yield();
   }
 }
 
@@ -166,7 +168,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
     for (int64_t i = 0; i < n; i += step) {
       const int cnt = static_cast<int>(std::min(step, n - i));
       void* at = p + i * static_cast<int64_t>(dtype_size(t));
-      if (deadline > 0) {
+      if (deadline != 0) {
         MPI_Request r;
         check_mpi(MPI_Iallreduce(MPI_IN_PLACE, at, cnt, mpi_type(t), mpi_op(op, t), comm_, &r),
                   "MPI_Iallreduce");
@@ -183,7 +185,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
     const int mine = c[rank()];
     MPI_Request r;
     if (all_equal(c)) {
-      if (deadline > 0) {
+      if (deadline != 0) {
         check_mpi(MPI_Iallgather(in, mine, MPI_BYTE, out, mine, MPI_BYTE, comm_, &r),
                   "MPI_Iallgather");
         return complete_by(r, deadline);
@@ -192,7 +194,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
                        "MPI_Allgather");
     }
     const std::vector<int> d = displacements(c);
-    if (deadline > 0) {
+    if (deadline != 0) {
       check_mpi(MPI_Iallgatherv(in, mine, MPI_BYTE, out, c.data(), d.data(), MPI_BYTE, comm_, &r),
                 "MPI_Iallgatherv");
       return complete_by(r, deadline);
@@ -205,7 +207,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
     const std::vector<int> c = ints(counts, "elements per rank");
     MPI_Request r;
     if (all_equal(c)) {
-      if (deadline > 0) {
+      if (deadline != 0) {
         check_mpi(MPI_Ireduce_scatter_block(in, out, c[0], mpi_type(t), mpi_op(op, t), comm_, &r),
                   "MPI_Ireduce_scatter_block");
         return complete_by(r, deadline);
@@ -213,7 +215,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
       return check_mpi(MPI_Reduce_scatter_block(in, out, c[0], mpi_type(t), mpi_op(op, t), comm_),
                        "MPI_Reduce_scatter_block");
     }
-    if (deadline > 0) {
+    if (deadline != 0) {
       check_mpi(MPI_Ireduce_scatter(in, out, c.data(), mpi_type(t), mpi_op(op, t), comm_, &r),
                 "MPI_Ireduce_scatter");
       return complete_by(r, deadline);
@@ -227,7 +229,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
     const std::vector<int> rc = ints(recv_bytes, "bytes from a rank");
     MPI_Request r;
     if (even) {
-      if (deadline > 0) {
+      if (deadline != 0) {
         check_mpi(MPI_Ialltoall(in, sc[0], MPI_BYTE, out, sc[0], MPI_BYTE, comm_, &r),
                   "MPI_Ialltoall");
         return complete_by(r, deadline);
@@ -236,7 +238,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
                        "MPI_Alltoall");
     }
     const std::vector<int> sd = displacements(sc), rd = displacements(rc);
-    if (deadline > 0) {
+    if (deadline != 0) {
       check_mpi(MPI_Ialltoallv(in, sc.data(), sd.data(), MPI_BYTE, out, rc.data(), rd.data(),
                                MPI_BYTE, comm_, &r),
                 "MPI_Ialltoallv");
@@ -248,7 +250,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
   }
   void broadcast(void* buf, int64_t bytes, int root, double deadline) override {
     const int n = as_int(bytes, "broadcast bytes");
-    if (deadline > 0) {
+    if (deadline != 0) {
       MPI_Request r;
       check_mpi(MPI_Ibcast(buf, n, MPI_BYTE, root, comm_, &r), "MPI_Ibcast");
       return complete_by(r, deadline);
@@ -256,7 +258,7 @@ class MpiGroup final : public ProcessGroup, ProcessGroup::Transport {
     check_mpi(MPI_Bcast(buf, n, MPI_BYTE, root, comm_), "MPI_Bcast");
   }
   void barrier(double deadline) override {
-    if (deadline > 0) {
+    if (deadline != 0) {
       MPI_Request r;
       check_mpi(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
       return complete_by(r, deadline);

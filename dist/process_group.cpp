@@ -219,7 +219,8 @@ std::string ProcessGroup::where(const std::string& op) const {
 
 double ProcessGroup::deadline_for(const CallOptions& o) const {
   const double t = o.timeout_s > 0 ? o.timeout_s : timeout_s_;
-  return t > 0 ? t : 0;  // a duration here; the job turns it into a deadline when it starts
+  // a duration here; the job turns it into a deadline when it starts (detail::deadline_from)
+  return t > 0 ? t : (o.async_op ? detail::kBackground : 0);
 }
 
 WorkPtr ProcessGroup::all_reduce(Tensor& t, ReduceOp op, CallOptions o) {
@@ -233,7 +234,7 @@ WorkPtr ProcessGroup::all_reduce(Tensor& t, ReduceOp op, CallOptions o) {
   return submit(
       w,
       [b, op, timeout, n](Transport& tr) {
-        const double dl = timeout > 0 ? detail::now_s() + timeout : 0;
+        const double dl = detail::deadline_from(timeout);
         tr.all_reduce(b->data(), b->buf.numel(), b->buf.dtype(),
                       op == ReduceOp::kAvg ? ReduceOp::kSum : op, dl);
         if (op == ReduceOp::kAvg) divide(b->buf, n);
@@ -262,7 +263,7 @@ WorkPtr ProcessGroup::all_gather(Tensor& out, const Tensor& in, const std::vecto
   return submit(
       w,
       [src, dst, bytes, timeout](Transport& tr) {
-        tr.all_gather(src->data(), dst->data(), bytes, timeout > 0 ? detail::now_s() + timeout : 0);
+        tr.all_gather(src->data(), dst->data(), bytes, detail::deadline_from(timeout));
         dst->write_back();
       },
       o.async_op);
@@ -292,7 +293,7 @@ WorkPtr ProcessGroup::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op,
       [src, dst, elems, op, timeout, n](Transport& tr) {
         tr.reduce_scatter(src->data(), dst->data(), elems, src->buf.dtype(),
                           op == ReduceOp::kAvg ? ReduceOp::kSum : op,
-                          timeout > 0 ? detail::now_s() + timeout : 0);
+                          detail::deadline_from(timeout));
         if (op == ReduceOp::kAvg) divide(dst->buf, n);
         dst->write_back();
       },
@@ -325,7 +326,7 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
       w,
       [src, dst, sb, rbytes, even, timeout](Transport& tr) {
         tr.all_to_all(src->data(), sb, dst->data(), rbytes, even,
-                      timeout > 0 ? detail::now_s() + timeout : 0);
+                      detail::deadline_from(timeout));
         dst->write_back();
       },
       o.async_op);
@@ -343,7 +344,7 @@ WorkPtr ProcessGroup::broadcast(Tensor& t, int root, CallOptions o) {
       w,
       [b, root, timeout](Transport& tr) {
         tr.broadcast(b->data(), static_cast<int64_t>(b->buf.nbytes()), root,
-                     timeout > 0 ? detail::now_s() + timeout : 0);
+                     detail::deadline_from(timeout));
         b->write_back();
       },
       o.async_op);
@@ -353,7 +354,7 @@ WorkPtr ProcessGroup::barrier(CallOptions o) {
   const double timeout = deadline_for(o);
   return submit(
       where("barrier"),
-      [timeout](Transport& tr) { tr.barrier(timeout > 0 ? detail::now_s() + timeout : 0); },
+      [timeout](Transport& tr) { tr.barrier(detail::deadline_from(timeout)); },
       o.async_op);
 }
 

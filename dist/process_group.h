@@ -42,6 +42,9 @@ struct CallOptions {
   // false: the caller waits for the result at once, so when the group's communication thread
   // is idle the call runs on the caller's thread (no hand-off; the returned Work is complete).
   // The blocking forms (dist::all_reduce ...) and the differentiable collectives pass false.
+  // true: MPI runs the non-blocking form, polled with the core yielded between polls, so the
+  // communication thread leaves the core to the computation it overlaps (1 core per rank);
+  // async_op must therefore agree on every rank too, as a timeout must.
   bool async_op = true;
 };
 
@@ -88,8 +91,10 @@ class ProcessGroup {
   WorkPtr send(const Tensor& t, int dst, int tag = 0);
   WorkPtr recv(Tensor& t, int src, int tag = 0);
 
-  // Backend transport, on contiguous buffers. `deadline` is a steady-clock time in seconds
-  // (0: none). Reductions see f32/f64/i32/i64/bool only (halves are widened first).
+  // Backend transport, on contiguous buffers. `deadline` is a steady-clock time in seconds;
+  // 0: none; negative: none, and the call is asynchronous (CallOptions::async_op): MPI runs its
+  // non-blocking form and polls it, yielding the core between polls, so a communication thread
+  // overlapping computation does not take a core from it. Reductions see f32/f64/i32/i64/bool only (halves are widened first).
   struct Transport {
     virtual ~Transport() = default;
     virtual void all_reduce(void* buf, int64_t n, DType t, ReduceOp op, double deadline) = 0;

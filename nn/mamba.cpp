@@ -306,12 +306,17 @@ MambaLM::MambaLM(const MambaConfig& config, DType dtype) : config_(config) {
 }
 
 void MambaLM::set_context_parallel(const std::optional<dist::ContextParallel>& cp) {
-  std::optional<dist::ContextParallel> on = cp;
-  if (on && (!on->group || on->group->size() == 1)) on.reset();
+  const bool on = cp && cp->group && cp->group->size() > 1;
+  auto set = [&](std::optional<dist::ContextParallel>& field) {
+    if (on)
+      field = *cp;
+    else
+      field.reset();
+  };
   for (const auto& [name, layer] : backbone->layers->named_children()) {
     auto block = std::dynamic_pointer_cast<MambaBlock>(layer);
-    if (auto m = std::dynamic_pointer_cast<Mamba>(block->mixer)) m->context_parallel = on;
-    if (auto m = std::dynamic_pointer_cast<Mamba2>(block->mixer)) m->context_parallel = on;
+    if (auto m = std::dynamic_pointer_cast<Mamba>(block->mixer)) set(m->context_parallel);
+    if (auto m = std::dynamic_pointer_cast<Mamba2>(block->mixer)) set(m->context_parallel);
   }
 }
 

@@ -148,6 +148,41 @@ TEST_SUITE("dist") {
     }
   }
 
+  TEST_CASE("context-parallel ssd_scan with fast-forgetting heads (decays that underflow)") {
+    // heads 0 and 1 forget within a few tokens (exp underflows to zero), heads 2 and 3 do not:
+    // the incoming state's share is computed per head over the tokens it still reaches
+    dist::ContextParallel cp{dist::world()};
+    for (DType dtype : {kF64, kF32}) {
+      CAPTURE(dtype);
+      const double tol = dtype == kF64 ? 1e-10 : 1e-5;
+      for (int64_t L : {13, 40}) {
+        CAPTURE(L);
+        const Piece pc = my_piece(L);
+        manual_seed(5);
+        const Tensor fast = tensor(std::vector<double>{30, 30, 0, 0}, {4}, dtype);
+        const Tensor x = randn({2, L, 4, 3}, dtype), dt = randn({2, L, 4}, dtype) * 0.3 + fast,
+                     A = tensor(std::vector<double>{-16, -12, -0.5, -1}, {4}, dtype),
+                     B = randn({2, L, 2, 5}, dtype), C = randn({2, L, 2, 5}, dtype),
+                     w = randn({2, L, 4, 3}, dtype);
+        TensorList ref_in = {leaf(x), leaf(dt), leaf(A), leaf(B), leaf(C)};
+        SsdScanOptions o;
+        o.dt_softplus = true;
+        Tensor y_ref = ssd_scan(ref_in[0], ref_in[1], ref_in[2], ref_in[3], ref_in[4], 8, o).first;
+        (y_ref * w).sum().backward();
+        TensorList in = {piece_leaf(x, pc), piece_leaf(dt, pc), leaf(A), piece_leaf(B, pc),
+                         piece_leaf(C, pc)};
+        Tensor y = dist::cp_ssd_scan(in[0], in[1], in[2], in[3], in[4], 8, o, cp).first;
+        (y * w.narrow(1, pc.start, pc.length)).sum().backward();
+        CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < tol);
+        for (int i : {0, 1, 3, 4}) {
+          CAPTURE(i);
+          CHECK(rel(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < tol);
+        }
+        CHECK(rel(summed(in[2].grad(), in[2]), ref_in[2].grad()) < tol);
+      }
+    }
+  }
+
   TEST_CASE("context-parallel conv halo: the K-1 inputs before each piece, gradients sent back") {
     dist::ContextParallel cp{dist::world()};
     for (int64_t L : lengths()) {
