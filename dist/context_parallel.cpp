@@ -76,17 +76,19 @@ std::pair<Tensor, Tensor> serial(
   return {y, final_state};
 }
 
-// Per (batch, head): one past the last token whose decay is a normal float. Past it the decay
-// has underflowed to zero or to a denormal (below 1e-38 in f32, 1e-308 in f64): the incoming
-// state's share of those tokens, and the gradient that reaches A and Δ through them (exp's
-// backward multiplies by the decay), count as zero. Computing them would change nothing at any
-// tolerance, but arithmetic on denormals is a hundred times slower on x86.
+// Per (batch, head): one past the last token whose decay is at least eps^2 of the compute dtype
+// (2^-46 in f32, 2^-104 in f64). Past it the incoming state's share of a token, and the gradient
+// that reaches A and Δ through it (exp's backward multiplies by the decay), count as zero: they
+// lie some seven (f32) or sixteen (f64) digits below the rounding of the outputs they join.
+// Computing them would change nothing, and slowly: near underflow the products turn denormal,
+// and arithmetic on denormals is a hundred times slower on x86.
 std::vector<int64_t> active_lengths(const Tensor& decay) {
   const Tensor d = decay.contiguous();
   const int64_t b = d.size(0), L = d.size(1), H = d.size(2);
   std::vector<int64_t> T(static_cast<size_t>(b * H), 0);
   auto scan = [&](auto* v) {
-    const auto tiny = std::numeric_limits<std::remove_pointer_t<decltype(v)>>::min();
+    using V = std::remove_pointer_t<decltype(v)>;
+    const V tiny = std::numeric_limits<V>::epsilon() * std::numeric_limits<V>::epsilon();
     for (int64_t i = 0; i < b; ++i)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t t = L - 1; t >= 0; --t)

@@ -132,6 +132,65 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return bias.defined() ? y + bias : y;
 }
 
+namespace {
+std::vector<int64_t> group_offsets(const Tensor& offsets, int64_t groups, int64_t rows) {
+  COIL_CHECK(offsets.dim() == 1 && offsets.size(0) == groups + 1 && offsets.dtype() == kI64 &&
+                 offsets.device().type == kCPU,
+             "grouped_mm: offsets must be a CPU int64 tensor of ", groups + 1,
+             " values (groups + 1), got ", offsets.shape_str(), " ", offsets.dtype());
+  std::vector<int64_t> o = to_vector<int64_t>(offsets);
+  COIL_CHECK(o.front() == 0 && o.back() == rows, "grouped_mm: offsets must run from 0 to ", rows,
+             " (the rows of x), got ", o.front(), " .. ", o.back());
+  for (int64_t e = 0; e < groups; ++e)
+    COIL_CHECK(o[e] <= o[e + 1], "grouped_mm: offsets must not decrease, got ", o[e], " then ",
+               o[e + 1], " at group ", e);
+  return o;
+}
+
+Tensor grouped_prim(const Tensor& x, const Tensor& w, const Tensor& offsets,
+                    const std::vector<int64_t>& off) {
+  COIL_OP("grouped_mm");
+  const DType rt = promote_types(x.dtype(), w.dtype()), ct = compute_dtype(rt);
+  Tensor xc = detail::as_compute(x.detach(), ct), wc = detail::as_compute(w.detach(), ct);
+  auto k = kernel_for<GroupedGemmKernel>(op_, x.device());
+  Tensor out = empty({x.size(0), w.size(2)}, Options(ct, x.device()));
+  k(false, out, xc, wc, off);
+  if (ct != rt) out = detail::cast(out, rt);
+  if (needs_grad({&x, &w})) {
+    const bool gx = x.requires_grad(), gw = w.requires_grad();
+    SavedTensor sx = gw ? SavedTensor(x, "grouped_mm") : SavedTensor();
+    SavedTensor sw = gx ? SavedTensor(w, "grouped_mm") : SavedTensor();
+    record("grouped_mm", {x, w, offsets}, {out},
+           [gx, gw, sx, sw, offsets, off, k, ct](const TensorList& g) {
+             Tensor dx, dw;
+             if (gx) dx = grouped_prim(g[0], transpose(sw.unpack(), 1, 2), offsets, off);
+             if (gw) {
+               Tensor xv = sx.unpack();
+               dw = empty({static_cast<int64_t>(off.size()) - 1, xv.size(1), g[0].size(1)},
+                          Options(ct, g[0].device()));
+               NoGradGuard ng;
+               k(true, dw, detail::as_compute(xv, ct), detail::as_compute(g[0], ct), off);
+               if (xv.dtype() != ct) dw = detail::cast(dw, xv.dtype());
+             }
+             return TensorList{dx, dw, Tensor()};
+           });
+  }
+  check_anomaly("grouped_mm", {x, w}, {out});
+  return out;
+}
+}  // namespace
+
+Tensor grouped_mm(const Tensor& x, const Tensor& w, const Tensor& offsets) {
+  COIL_OP("grouped_mm");
+  if (any_distributed({&x, &w, &offsets})) return dist_dispatch(op_, {x, w, offsets}, {})[0];
+  COIL_CHECK(x.dim() == 2 && w.dim() == 3 && x.size(1) == w.size(1), "grouped_mm: x must be ",
+             "(n, k) and w (groups, k, m), got ", x.shape_str(), " and ", w.shape_str());
+  COIL_CHECK(is_floating(x.dtype()) && is_floating(w.dtype()),
+             "grouped_mm: x and w must be floating point, got ", x.dtype(), " and ", w.dtype());
+  check_same_device("grouped_mm", {x, w});
+  return grouped_prim(x, w, offsets, group_offsets(offsets, w.size(0), x.size(0)));
+}
+
 Tensor Tensor::matmul(const Tensor& o) const { return coil::matmul(*this, o); }
 
 namespace {
@@ -152,6 +211,18 @@ void register_linalg() {
     o.gradcheck = [] {
       return GradcheckCase{{detail::gc_rand({2, 1, 3, 4}), detail::gc_rand({3, 4, 2})},
                            [](const TensorList& x) { return matmul(x[0], x[1]); }};
+    };
+  }
+  {
+    OpInfo& o = register_op("grouped_mm", "linalg");
+    o.set_kernel(kCPU, &cpu::grouped_gemm_kernel);
+    o.boxed = [](const TensorList& i, const Attrs&) {
+      return TensorList{grouped_mm(i[0], i[1], i[2])};
+    };
+    o.gradcheck = [] {  // three groups, the middle one empty
+      return GradcheckCase{{detail::gc_rand({6, 3}), detail::gc_rand({3, 3, 2}),
+                            tensor(std::vector<int64_t>{0, 2, 2, 6}, {4})},
+                           [](const TensorList& x) { return grouped_mm(x[0], x[1], x[2]); }};
     };
   }
   {

@@ -4,6 +4,8 @@
 //   rowwise:   x Shard(last), w Shard(1), b Partial    -> Partial(sum)     (b added once)
 // matmul(a, b), a (..., M, K), b (..., K, N): Shard(M), Shard(N), Shard(K) x Shard(K) -> Partial,
 // and a shared batch dim sharded on both.
+// grouped_mm(x (n, K), w (E, K, N), offsets): the groups are rows of x, so rows stay whole:
+// w Shard(2) -> Shard(1) (each rank its output columns), x Shard(1) and w Shard(1) -> Partial.
 #include "../sharding.h"
 
 namespace coil::dist {
@@ -65,6 +67,16 @@ struct Register {
     mm.output_shapes = matmul_shape;
     register_sharding_rule("matmul", mm);
     register_sharding_rule("bmm", mm);
+    ShardingRule gm;
+    gm.strategies = [](const OpMeta&) {
+      const Placement R = Replicate();
+      return std::vector<Strategy>{{{R, Shard(2), R}, {Shard(1)}},
+                                   {{Shard(1), Shard(1), R}, {Partial()}}};
+    };
+    gm.output_shapes = [](const OpMeta& m) {
+      return std::vector<Shape>{{m.shapes[0][0], m.shapes[1][2]}};
+    };
+    register_sharding_rule("grouped_mm", gm);
   }
 } reg;
 

@@ -112,10 +112,17 @@ using ScanKernel = void (*)(ScanOp op, const Tensor& out, const Tensor& in, cons
 // out (B, n, m) contiguous = a (B, n, k) @ b (B, k, m); a and b any strides (batch stride may be
 // 0 for broadcast); same dtype, f32/f64/i32/i64.
 using GemmKernel = void (*)(const Tensor& out, const Tensor& a, const Tensor& b);
+// Grouped GEMM over row groups [offsets[e], offsets[e+1]): rows mode, out (n, m) contiguous, group
+// e's rows = a's rows (n, k) @ b[e] (E, k, m); outer mode (a weight's gradient), out (E, k, m)
+// contiguous, out[e] = a's rows^T @ b's rows (a (n, k), b (n, m)), zero for an empty group.
+using GroupedGemmKernel = void (*)(bool outer, const Tensor& out, const Tensor& a, const Tensor& b,
+                                   const std::vector<int64_t>& offsets);
 namespace cpu {
 void scan_kernel(ScanOp op, const Tensor& out, const Tensor& in, const Tensor& aux, int64_t outer,
                  int64_t n, int64_t inner, bool reverse);
 void gemm_kernel(const Tensor& out, const Tensor& a, const Tensor& b);
+void grouped_gemm_kernel(bool outer, const Tensor& out, const Tensor& a, const Tensor& b,
+                         const std::vector<int64_t>& offsets);
 }  // namespace cpu
 }  // namespace coil
 
