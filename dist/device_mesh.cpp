@@ -64,6 +64,17 @@ DeviceMesh::DeviceMesh(const std::vector<int64_t>& shape, const std::vector<std:
   impl_ = std::move(impl);
 }
 
+DeviceMesh DeviceMesh::from_group(const GroupPtr& group, const std::string& name) {
+  COIL_CHECK(group != nullptr, "DeviceMesh::from_group: no group");
+  auto impl = std::make_shared<Impl>();
+  impl->shape = {group->size()};
+  impl->names = {name};
+  impl->ranks = group->world_ranks();
+  impl->coord = {group->rank()};
+  impl->groups = {group};
+  return DeviceMesh(std::move(impl));
+}
+
 DeviceMesh DeviceMesh::world(const std::string& name) {
   return DeviceMesh({dist::world()->size()}, {name});
 }

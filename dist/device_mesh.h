@@ -22,6 +22,9 @@ class DeviceMesh {
              const std::vector<int>& ranks = {});
   // The 1-d mesh over the whole world.
   static DeviceMesh world(const std::string& name = "world");
+  // The 1-d mesh over an existing group, in its rank order (local: no collective; only the
+  // group's members call it).
+  static DeviceMesh from_group(const GroupPtr& group, const std::string& name);
 
   int64_t ndim() const { return static_cast<int64_t>(impl_->shape.size()); }
   const std::vector<int64_t>& shape() const { return impl_->shape; }

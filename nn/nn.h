@@ -5,6 +5,7 @@
 #include "layers.h"
 #include "lm_trainer.h"
 #include "mamba.h"
+#include "moe.h"
 #include "module.h"
 #include "parallel.h"
 #include "io/distributed_checkpoint.h"
