@@ -4,14 +4,18 @@
 //   ./build/bench/bench_cp --L 32768 --threads 2                    # cp = 1, the baseline
 //   mpirun -np 2 ./build/bench/bench_cp --L 32768 --baseline-ms X --baseline-mb Y
 // bench/run_cp.sh runs both and passes the baseline's figures. One line per run:
-//   bench=cp mixer=mamba2 L= cp= threads= peak_activation_mb= step_ms= mem_ratio= time_ratio=
-//   tokens_per_s=
+//   bench=cp mixer=mamba2 L= cp= threads= peak_activation_mb= fixed_mb= forward_ms=
+//   backward_ms= sync_ms= step_ms= mem_ratio= time_ratio= longest_L_16gib= tokens_per_s=
 // peak_activation_mb: the allocator's peak during forward + backward over what was in use
 // before (parameters, optimizer state, communication buffers), less the parameters' gradients
-// (allocated during backward; not activations), the largest over the ranks. step_ms: forward,
-// backward, the gradient all_reduce over the ranks and AdamW, median of the timed steps, the
-// slowest rank's; forward_ms, backward_ms and sync_ms (the wait for the gradient all_reduce after
-// backward) are its parts, the slowest rank's each. fixed_mb: what is in use outside the step (parameters, gradients, AdamW).
+// (allocated during backward; not activations), the largest over the ranks. fixed_mb: what is
+// in use between steps. step_ms: forward, backward, the gradient all_reduce over the ranks and
+// AdamW, median of the timed steps, the slowest rank's; forward_ms, backward_ms and sync_ms
+// (the wait for the gradient all_reduce after backward) are its parts, the slowest rank's each.
+// longest_L_16gib: the longest sequence that ranks with 16 GiB each could train at this cp,
+// from this run's activation bytes per token (they grow linearly with a piece's length).
+// Options: --steps N (timed steps after one warm-up), --passing serial, --bucket-mb X (the
+// gradient all_reduce's buckets; 0: no all_reduce, for experiments).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -59,7 +63,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<nn::DataParallel> dp;
   nn::DataParallelOptions dpo;
   dpo.bucket_mb = bucket_mb;
-  if (cp > 1 && bucket_mb > 0) dp = std::make_unique<nn::DataParallel>(*model, dpo);  // sums the cp ranks' shares
+  if (cp > 1 && bucket_mb > 0)
+    dp = std::make_unique<nn::DataParallel>(*model, dpo);  // sums the cp ranks' shares
   optim::AdamWOptions ao;
   ao.lr = 1e-4;
   optim::AdamW opt(model->parameters(), ao);
@@ -116,6 +121,11 @@ int main(int argc, char** argv) {
         bench::median(bwd), bench::median(sync), ms);
     if (base_ms > 0)
       std::printf(" mem_ratio=%.3f time_ratio=%.3f", peak_mb / base_mb, ms / base_ms);
+    // 16 GiB per rank = fixed_mb + gradients + activations, these growing with the length
+    double grad_mb = 0;
+    for (const Tensor& p : model->parameters()) grad_mb += p.nbytes() / 1048576.0;
+    std::printf(" longest_L_16gib=%.0f",
+                static_cast<double>(L) * (16384.0 - fixed_mb - grad_mb) / peak_mb);
     std::printf(" tokens_per_s=%.0f\n", static_cast<double>(L) / (ms / 1000.0));
   }
   return 0;

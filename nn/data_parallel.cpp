@@ -4,6 +4,8 @@
 #include <mutex>
 
 #include "../autograd/grad_mode.h"
+#include "../dist/dtensor.h"
+#include "../ops/binary.h"
 #include "../ops/creation.h"
 
 namespace coil::nn {
@@ -21,7 +23,8 @@ struct DataParallel::State {
     int pending = 0;
     dist::WorkPtr work;
   };
-  dist::GroupPtr group;
+  dist::GroupPtr group, shard_replicas;
+  std::vector<Tensor> sharded;  // DTensor parameters: outside the buckets
   std::vector<Slot> slots;
   std::vector<Bucket> buckets;
   bool active = true;
@@ -67,12 +70,22 @@ DataParallel::DataParallel(Module& module, DataParallelOptions o)
     : state_(std::make_shared<State>()) {
   State& st = *state_;
   st.group = o.group ? o.group : dist::world();
+  st.shard_replicas = o.shard_replicas;
   std::vector<Tensor> params;
-  for (const Tensor& p : module.parameters())
-    if (p.requires_grad()) params.push_back(p);
+  for (const Tensor& p : module.parameters()) {
+    if (!p.requires_grad()) continue;
+    (dist::is_dtensor(p) ? st.sharded : params).push_back(p);
+  }
   if (o.broadcast_init) {
     NoGradGuard ng;
-    for (Tensor p : module.parameters()) st.group->broadcast(p, 0, dist::blocking())->wait();
+    for (Tensor p : module.parameters()) {
+      if (!dist::is_dtensor(p)) {
+        st.group->broadcast(p, 0, dist::blocking())->wait();
+      } else if (st.shard_replicas) {  // a piece: from the first rank that holds it too
+        Tensor local = dist::to_local(p);
+        st.shard_replicas->broadcast(local, 0, dist::blocking())->wait();
+      }
+    }
     for (auto& [name, b] : module.named_buffers()) {
       Tensor t = b;
       st.group->broadcast(t, 0, dist::blocking())->wait();
@@ -165,6 +178,16 @@ void DataParallel::finish_gradient_sync() {
     }
     k.pending = static_cast<int>(k.slots.size());
     k.work = nullptr;
+  }
+  // sharded parameters: this piece's gradient summed over its replicas, over the group's size
+  const double scale = 1.0 / static_cast<double>(st.group->size());
+  for (const Tensor& p : st.sharded) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    Tensor local = dist::is_dtensor(g) ? dist::to_local(g) : g;
+    if (st.shard_replicas)
+      st.shard_replicas->all_reduce(local, dist::ReduceOp::kSum, dist::blocking())->wait();
+    local.copy_(local * scale);
   }
   st.step_open = false;
 }

@@ -24,6 +24,12 @@ struct DataParallelOptions {
   dist::GroupPtr group;        // the data-parallel group; default: the world
   double bucket_mb = 25;       // gradient bytes per bucket (PyTorch DDP's default)
   bool broadcast_init = true;  // start every replica from rank 0's parameters and buffers
+  // Parameters that are DTensors (expert weights sharded over an "ep" group) stay out of the
+  // buckets: each rank holds its own piece, whose gradient already gathers every token that
+  // reached it. finish_gradient_sync sums that piece's gradient over shard_replicas (the ranks
+  // holding the same piece, the "dp" group of a dp x ep mesh; null: no replicas) and divides it
+  // by the group's size, so it too becomes the gradient of the mean loss over the global batch.
+  dist::GroupPtr shard_replicas;
 };
 
 class DataParallel {

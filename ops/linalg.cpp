@@ -158,18 +158,30 @@ Tensor grouped_prim(const Tensor& x, const Tensor& w, const Tensor& offsets,
   if (ct != rt) out = detail::cast(out, rt);
   if (needs_grad({&x, &w})) {
     const bool gx = x.requires_grad(), gw = w.requires_grad();
+    const bool w_transposed = w.size(1) > 1 && w.stride(1) == 1 && w.stride(2) == w.size(1);
     SavedTensor sx = gw ? SavedTensor(x, "grouped_mm") : SavedTensor();
     SavedTensor sw = gx ? SavedTensor(w, "grouped_mm") : SavedTensor();
     record("grouped_mm", {x, w, offsets}, {out},
-           [gx, gw, sx, sw, offsets, off, k, ct](const TensorList& g) {
+           [gx, gw, sx, sw, offsets, off, k, ct, w_transposed](const TensorList& g) {
              Tensor dx, dw;
              if (gx) dx = grouped_prim(g[0], transpose(sw.unpack(), 1, 2), offsets, off);
              if (gw) {
+               // dw[e] = x_e^T dy_e, made in w's own layout: when w is the transposed view of an
+               // (E, m, k) stack (an expert weight), as the transposed view of dy_e^T x_e, so
+               // the parameter's gradient needs no transposing copy
                Tensor xv = sx.unpack();
-               dw = empty({static_cast<int64_t>(off.size()) - 1, xv.size(1), g[0].size(1)},
-                          Options(ct, g[0].device()));
+               const int64_t E = static_cast<int64_t>(off.size()) - 1, kk = xv.size(1),
+                             m = g[0].size(1);
                NoGradGuard ng;
-               k(true, dw, detail::as_compute(xv, ct), detail::as_compute(g[0], ct), off);
+               Tensor xc = detail::as_compute(xv, ct), gc = detail::as_compute(g[0], ct);
+               if (w_transposed) {
+                 dw = empty({E, m, kk}, Options(ct, g[0].device()));
+                 k(true, dw, gc, xc, off);
+                 dw = transpose(dw, 1, 2);
+               } else {
+                 dw = empty({E, kk, m}, Options(ct, g[0].device()));
+                 k(true, dw, xc, gc, off);
+               }
                if (xv.dtype() != ct) dw = detail::cast(dw, xv.dtype());
              }
              return TensorList{dx, dw, Tensor()};

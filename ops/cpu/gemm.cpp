@@ -162,23 +162,32 @@ void gemm_kernel(const Tensor& out, const Tensor& a_in, const Tensor& b_in) {
 namespace coil::cpu {
 
 // One GEMM per group on views of the operands (gemm_kernel takes any strides), so no group is
-// padded and no row is copied; each product uses all threads.
+// padded and no row is copied. Large groups each use all threads; many small ones run one per
+// thread (BLAS single-threaded inside the parallel region), as gemm_kernel does for batches.
 void grouped_gemm_kernel(bool outer, const Tensor& out, const Tensor& a, const Tensor& b,
                          const std::vector<int64_t>& offsets) {
   const int64_t groups = static_cast<int64_t>(offsets.size()) - 1;
-  for (int64_t e = 0; e < groups; ++e) {
+  auto one = [&](int64_t e) {
     const int64_t lo = offsets[e], rows = offsets[e + 1] - lo;
     if (outer) {
       Tensor oe = out.select(0, e).unsqueeze(0);  // (1, k, m)
       if (rows == 0) {
         oe.zero_();
-        continue;
+        return;
       }
       gemm_kernel(oe, a.narrow(0, lo, rows).t().unsqueeze(0), b.narrow(0, lo, rows).unsqueeze(0));
     } else if (rows > 0) {
       gemm_kernel(out.narrow(0, lo, rows).unsqueeze(0), a.narrow(0, lo, rows).unsqueeze(0),
                   b.select(0, e).unsqueeze(0));
     }
+  };
+  const int64_t total = offsets.back() - offsets.front();
+  if (groups > 1 && total < 1024 * groups) {
+    parallel_for(0, groups, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t e = lo; e < hi; ++e) one(e);
+    });
+  } else {
+    for (int64_t e = 0; e < groups; ++e) one(e);
   }
 }
 
