@@ -6,6 +6,7 @@
 #include "lm_trainer.h"
 #include "mamba.h"
 #include "moe.h"
+#include "hybrid.h"
 #include "module.h"
 #include "parallel.h"
 #include "io/distributed_checkpoint.h"

@@ -1,6 +1,8 @@
 // The MoE layer against a dense reference (a loop over tokens and their k experts, in float64),
 // forward and gradients; capacity dropping on a hand-made case; the router's options; grouped_mm
 // against a loop.
+#include <set>
+
 #include "../test_util.h"
 
 using namespace coil;
@@ -214,5 +216,60 @@ TEST_SUITE("nn.moe") {
           nn::TopKRouter(4, nn::RouterOptions{4, 5});
         },
         {"TopKRouter: need 0 < top_k <= num_experts"});
+  }
+}
+
+TEST_SUITE("nn.moe") {
+  TEST_CASE("hybrid Mamba-2 + MoE LM: GraniteMoeHybrid names, trains, rejects attention") {
+    nn::HybridConfig c;
+    c.vocab_size = 64;
+    c.hidden_size = 16;
+    c.num_hidden_layers = 2;
+    c.num_local_experts = 4;
+    c.num_experts_per_tok = 2;
+    c.intermediate_size = 8;
+    c.shared_intermediate_size = 8;
+    c.mamba_n_heads = 4;
+    c.mamba_d_head = 8;
+    c.mamba_d_state = 8;
+    c.mamba_chunk_size = 8;
+    c.embedding_multiplier = 2.0;
+    c.residual_multiplier = 0.5;
+    c.logits_scaling = 4.0;
+    manual_seed(2);
+    nn::HybridLM lm(c);
+    std::set<std::string> names;
+    for (auto& [n, t] : lm.state_dict()) names.insert(n);
+    for (const char* n :
+         {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+          "model.layers.0.mamba.in_proj.weight", "model.layers.0.mamba.conv1d.weight",
+          "model.layers.0.mamba.dt_bias", "model.layers.0.mamba.A_log", "model.layers.0.mamba.D",
+          "model.layers.0.mamba.norm.weight", "model.layers.0.mamba.out_proj.weight",
+          "model.layers.0.post_attention_layernorm.weight",
+          "model.layers.0.block_sparse_moe.router.layer.weight",
+          "model.layers.0.block_sparse_moe.input_linear.weight",
+          "model.layers.0.block_sparse_moe.output_linear.weight",
+          "model.layers.1.shared_mlp.input_linear.weight",
+          "model.layers.1.shared_mlp.output_linear.weight", "model.norm.weight", "lm_head.weight"})
+      CHECK_MESSAGE(names.count(n), "missing " << n);
+    // a few steps on a fixed batch lower the loss
+    optim::AdamWOptions ao;
+    ao.lr = 1e-2;
+    optim::AdamW opt(lm.parameters(), ao);
+    Tensor ids = randint(0, 64, {4, 17});
+    double first = 0, last = 0;
+    for (int s = 0; s < 15; ++s) {
+      Tensor logits = lm.forward(ids.narrow(1, 0, 16));
+      Tensor loss = cross_entropy(logits.reshape({64, 64}), ids.narrow(1, 1, 16).reshape({64}));
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      (s == 0 ? first : last) = loss.item<double>();
+    }
+    CHECK(last < first - 0.3);
+    nn::HybridConfig bad = c;
+    bad.layer_types = {"mamba", "attention"};
+    ct::check_error([&] { nn::HybridLM m(bad); },
+                    {"HybridConfig: layer 1 is 'attention': coil builds mamba layers only"});
   }
 }
