@@ -44,6 +44,12 @@ struct HybridConfig {
 
   void validate() const;             // coil::Error naming the offending field
   MambaConfig mamba_config() const;  // the mixer's config
+  // config.json as transformers writes it (model_type "granitemoehybrid"); a field left out
+  // keeps coil's default above. mamba_d_head "auto" is mamba_expand * hidden / mamba_n_heads.
+  static HybridConfig from_json(const std::string& text, const std::string& what = "config");
+  static HybridConfig load(const std::string& path);
+  std::string to_json() const;
+  void save(const std::string& path) const;  // written to a temporary name, then renamed
 };
 
 class HybridBlock : public Module {
@@ -74,6 +80,10 @@ class HybridLM : public Module {
   Tensor aux_loss() const;
   // Experts spread over ep.group in every MoE layer (dist/expert_parallel.h).
   void set_expert_parallel(const dist::ExpertParallel& ep);
+  // Hugging Face directory: config.json + model.safetensors (or a sharded index). Saving needs
+  // whole tensors: call it before set_expert_parallel (or use io::save_distributed).
+  static std::shared_ptr<HybridLM> from_pretrained(const std::string& dir, DType dtype = kF32);
+  void save_pretrained(const std::string& dir) const;
   const HybridConfig& config() const { return config_; }
   std::shared_ptr<HybridModel> model;
   std::shared_ptr<Linear> lm_head;

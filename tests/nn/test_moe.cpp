@@ -273,3 +273,44 @@ TEST_SUITE("nn.moe") {
                     {"HybridConfig: layer 1 is 'attention': coil builds mamba layers only"});
   }
 }
+
+TEST_SUITE("nn.moe") {
+  TEST_CASE("hybrid LM: save_pretrained / from_pretrained round trip, config.json fields") {
+    nn::HybridConfig c;
+    c.vocab_size = 32;
+    c.hidden_size = 16;
+    c.num_hidden_layers = 2;
+    c.num_local_experts = 4;
+    c.intermediate_size = 8;
+    c.shared_intermediate_size = 0;
+    c.mamba_n_heads = 4;
+    c.mamba_d_head = 8;
+    c.mamba_d_state = 8;
+    c.mamba_chunk_size = 8;
+    c.embedding_multiplier = 12.0;
+    c.logits_scaling = 6.0;
+    manual_seed(8);
+    nn::HybridLM lm(c);
+    ct::TempDir dir;
+    lm.save_pretrained(dir.path.string());
+    auto back = nn::HybridLM::from_pretrained(dir.path.string());
+    CHECK(back->config().embedding_multiplier == 12.0);
+    CHECK(back->config().layer_types == std::vector<std::string>{"mamba", "mamba"});
+    Tensor ids = randint(0, 32, {2, 9});
+    CHECK((lm.forward(ids) - back->forward(ids)).abs().max().item<double>() == 0);
+    // transformers' "auto" head size, and a config with an attention layer
+    nn::HybridConfig a = nn::HybridConfig::from_json(
+        R"({"model_type": "granitemoehybrid", "hidden_size": 16, "mamba_n_heads": 4,
+            "mamba_d_head": "auto", "mamba_expand": 2, "num_hidden_layers": 1})");
+    CHECK(a.mamba_d_head == 8);
+    ct::check_error(
+        [] {
+          nn::HybridConfig::from_json(
+              R"({"model_type": "granitemoehybrid", "num_hidden_layers": 2,
+                  "layer_types": ["mamba", "attention"]})");
+        },
+        {"HybridConfig: layer 1 is 'attention'"});
+    ct::check_error([] { nn::HybridConfig::from_json(R"({"model_type": "mamba2"})"); },
+                    {"has model_type 'mamba2', expected 'granitemoehybrid'"});
+  }
+}
