@@ -73,7 +73,7 @@ TopKRouter::Output TopKRouter::forward(const Tensor& x) const {
   counts_ = counts;
   Tensor aux = zeros({}, Options(probs.dtype()));
   if (o.aux_loss_coef > 0 && T > 0) {
-    Tensor f = counts.to(probs.dtype()) / static_cast<double>(T * k);
+    Tensor f = counts.to(probs.dtype()) / static_cast<double>(o.aux_loss_per_token ? T : T * k);
     aux = aux + (f * probs.mean({0})).sum() * (o.aux_loss_coef * static_cast<double>(E));
   }
   if (o.z_loss_coef > 0 && T > 0)

@@ -30,6 +30,9 @@ struct RouterOptions {
   // Switch load-balancing loss alpha * E * sum_i f_i * P_i, f_i the fraction of the T * k
   // assignments that go to expert i (Megatron's normalisation), P_i its mean probability.
   double aux_loss_coef = 0;
+  // f_i over the T tokens instead of the T * k assignments (k times larger): Hugging Face's
+  // load_balancing_loss_func, for matching models trained with it.
+  bool aux_loss_per_token = false;
   double z_loss_coef = 0;  // coef * mean over tokens of logsumexp(logits)^2
   // Loss-free balancing: a routing-only bias added to the scores that pick the experts (not
   // to the weights); update_bias() moves it by rate * sign(mean count - count).

@@ -96,8 +96,9 @@ TEST_SUITE("dist") {
 
 namespace {
 
-// 20 AdamW steps of a tiny hybrid LM on 8 x 16 random bytes per step; layout 0: one process,
-// 1: experts over the world (each rank its rows), 2: a dp 2 x ep 2 mesh.
+// 20 AdamW steps of a tiny hybrid LM on 8 x 16 random bytes per step, gradients clipped to norm
+// 0.5; layout 0: one process, 1: experts over the world (each rank its rows), 2: a dp 2 x ep 2
+// mesh. Returns the losses, then the gradient norms before clipping.
 std::vector<double> train_hybrid(int layout, int steps) {
   nn::HybridConfig c;
   c.vocab_size = 64;
@@ -130,7 +131,7 @@ std::vector<double> train_hybrid(int layout, int steps) {
   optim::AdamWOptions ao;
   ao.lr = 1e-2;
   optim::AdamW opt(lm->parameters(), ao);
-  std::vector<double> losses;
+  std::vector<double> losses, norms;
   for (int s = 0; s < steps; ++s) {
     manual_seed(1000 + s % 2);  // two batches in turn: something to learn
     Tensor ids = randint(0, 64, {batch, 17});
@@ -147,9 +148,14 @@ std::vector<double> train_hybrid(int layout, int steps) {
       dist::all_reduce(t, dist::ReduceOp::kAvg);
       v = t.item<double>();
     }
+    // the norm sums every parameter's gradient, expert pieces over their ranks included: a low
+    // bound keeps the clipping active on every step
+    const double norm = optim::clip_grad_norm_(lm->parameters(), 0.5);
     opt.step();
     losses.push_back(v);
+    norms.push_back(norm);
   }
+  losses.insert(losses.end(), norms.begin(), norms.end());
   return losses;
 }
 
@@ -164,11 +170,12 @@ TEST_SUITE("dist") {
     if (dist::world_size() == 4) runs.emplace_back("dp 2 x ep 2", train_hybrid(2, 20));
     for (const auto& [name, losses] : runs) {
       CAPTURE(name);
-      for (int s = 0; s < 20; ++s) {
+      for (int s = 0; s < 40; ++s) {  // 20 losses, 20 norms
         CAPTURE(s);
         CHECK(std::abs(losses[s] - one[s]) <= 1e-5 * std::abs(one[s]));
       }
     }
     CHECK(one[19] < one[1] - 0.2);
+    for (int s = 20; s < 40; ++s) CHECK(one[s] > 0.5);  // clipping was active
   }
 }

@@ -202,6 +202,16 @@ TEST_SUITE("nn.moe") {
     for (int64_t e = 0; e < 8; ++e) want += 0.01 * 8 * f[e] * P[e];
     want += 0.001 * logsumexp(logits, {1}).square().mean().item<double>();
     CHECK(std::abs(out.aux_loss.item<double>() - want) < 1e-12);
+    {  // Hugging Face's normalisation: the Switch term k times larger
+      nn::RouterOptions hf = o;
+      hf.aux_loss_per_token = true;
+      hf.z_loss_coef = 0;
+      nn::TopKRouter rh(5, hf, kF64);
+      rh.load_state_dict(r.state_dict());
+      double switch_term = 0;
+      for (int64_t e = 0; e < 8; ++e) switch_term += 0.01 * 8 * f[e] * P[e];
+      CHECK(std::abs(rh.forward(x).aux_loss.item<double>() - 2 * switch_term) < 1e-12);
+    }
     // loss-free balancing: over-used experts' bias goes down by the rate, under-used up
     const std::vector<int64_t> counts = to_vector<int64_t>(r.tokens_per_expert());
     r.update_bias();
