@@ -179,3 +179,25 @@ TEST_SUITE("dist") {
     for (int s = 20; s < 40; ++s) CHECK(one[s] > 0.5);  // clipping was active
   }
 }
+
+TEST_SUITE("dist") {
+  TEST_CASE("loss-free balancing: the bias moves by the counts of every data rank's tokens") {
+    nn::RouterOptions o;
+    o.num_experts = 8;
+    o.top_k = 2;
+    o.bias_update_rate = 0.05;
+    manual_seed(21);
+    nn::TopKRouter r(6, o, kF64);
+    manual_seed(22);
+    const Tensor all_x = randn({dist::world_size(), 5, 6}, kF64);
+    // one router on every rank's tokens: the counts the update must use
+    nn::TopKRouter whole(6, o, kF64);
+    whole.load_state_dict(r.state_dict());
+    whole.forward(all_x.reshape({-1, 6}));
+    whole.update_bias();
+    r.forward(all_x.select(0, dist::rank()));
+    r.update_bias(dist::world());
+    CHECK((r.expert_bias - whole.expert_bias).abs().max().item<double>() == 0);
+    CHECK(r.expert_bias.abs().sum().item<double>() > 0);
+  }
+}
