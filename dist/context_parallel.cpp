@@ -1,11 +1,10 @@
 // Context parallelism from ops and differentiable collectives (dist/functional.h). The one node
 // with a backward of its own is the incoming state's share of a Mamba-2 piece
-// (init_contribution), which recomputes a product in backward rather than keep it. One rule
-// keeps the ranks' backward passes in step: every tensor a
-// rank gets from a collective feeds its result through an op that touches all of it (a cat or
-// a scan over all ranks, then a narrow), so every rank's graph holds the same collectives and
-// runs their backward in the same order, rank 0 included (its halo is zeros, its incoming state
-// the initial one).
+// (init_contribution), which recomputes a product in backward rather than keep it. One rule keeps
+// the ranks' backward passes in step: every tensor a rank gets from a collective feeds its result
+// through an op that touches all of it (a cat or a scan over all ranks, then a narrow), so every
+// rank's graph holds the same collectives and runs their backward in the same order, rank 0
+// included (its halo is zeros, its incoming state the initial one).
 #include "context_parallel.h"
 
 #include <cmath>
