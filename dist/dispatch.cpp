@@ -64,9 +64,15 @@ void check_same_generator(const DeviceMesh& mesh, const std::string& op) {
 
 namespace {
 
-// The piece of the global shape this rank holds, as core's random fills see it.
-DrawPiece piece_of(const Shape& global, const DeviceMesh& mesh, const Placements& p) {
-  return DrawPiece{global, local_shard(global, mesh, p).offsets};
+// Calls the op on local pieces. An op that draws does so as this rank's piece (placements p) of
+// one draw over the global shape, after checking that every rank's generator is in step.
+TensorList call_local(const OpInfo& op, const ShardingRule& rule, const TensorList& locals,
+                      const Attrs& attrs, const DeviceMesh& mesh, const Shape& global,
+                      const Placements& p) {
+  if (!rule.draws) return op.boxed(locals, attrs);
+  check_same_generator(mesh, op.name);
+  DrawPieceScope scope(DrawPiece{global, local_shard(global, mesh, p).offsets});
+  return op.boxed(locals, attrs);
 }
 
 std::string describe(const TensorList& inputs) {
@@ -185,14 +191,7 @@ TensorList run_rule(const OpInfo& op, const ShardingRule& rule, const TensorList
     for (Attr& a : la)
       if (a.name == rule.local_shape_attr)
         a.value = local_shard(out_shapes[0], mesh, out_p[0]).sizes;
-  TensorList outs;
-  if (rule.draws) {
-    check_same_generator(mesh, op.name);
-    DrawPieceScope scope(piece_of(out_shapes[0], mesh, out_p[0]));
-    outs = op.boxed(locals, la);
-  } else {
-    outs = op.boxed(locals, la);
-  }
+  TensorList outs = call_local(op, rule, locals, la, mesh, out_shapes[0], out_p[0]);
   COIL_CHECK(outs.size() == out_shapes.size(), op.name, ": its sharding rule gives ",
              out_shapes.size(), " outputs, the op ", outs.size());
   for (size_t k = 0; k < outs.size(); ++k)
@@ -216,12 +215,8 @@ TensorList handle(const OpInfo& op, const TensorList& inputs, const Attrs& attrs
     COIL_CHECK(!needs_grad(inputs), op.name, ": in-place ops on DTensors that require grad are ",
                "not supported");
     const DTensorSpec& s = dtensor_spec(dst);
-    check_same_generator(s.mesh, op.name);
     Tensor local = to_local(dst);
-    {
-      DrawPieceScope scope(piece_of(s.global_shape, s.mesh, s.placements));
-      op.boxed({local}, attrs);
-    }
+    call_local(op, *rule, {local}, attrs, s.mesh, s.global_shape, s.placements);
     for (int64_t i = 0; i < s.mesh.ndim(); ++i)
       if (s.placements[i] == Partial(ReduceOp::kSum) && s.mesh.coordinate(i) != 0) {
         NoGradGuard g;
@@ -273,14 +268,7 @@ Tensor make_factory(const std::string& name, const Attrs& attrs, const DeviceMes
   Attrs la = attrs;
   for (Attr& a : la)
     if (a.name == "shape") a.value = local_shard(global, mesh, placements).sizes;
-  Tensor local;
-  if (rule->draws) {
-    check_same_generator(mesh, name);
-    DrawPieceScope scope(piece_of(global, mesh, placements));
-    local = op.boxed({}, la)[0];
-  } else {
-    local = op.boxed({}, la)[0];
-  }
+  Tensor local = call_local(op, *rule, {}, la, mesh, global, placements)[0];
   return from_local(local, mesh, placements, global);
 }
 

@@ -9,11 +9,6 @@
 namespace coil::nn {
 
 namespace {
-void normal_weights_(Tensor& t, double std) {
-  if (SkipInitGuard::active()) return;
-  NoGradGuard ng;
-  normal_(t, 0, std);
-}
 constexpr double kInitStd = 0.02;  // Hugging Face's initializer_range for GraniteMoe
 }  // namespace
 
@@ -31,7 +26,7 @@ TopKRouter::TopKRouter(int64_t hidden, RouterOptions o, DType dtype) : options(o
              "TopKRouter: top_k ", o.top_k, " is more than the experts of ", o.topk_groups,
              " groups");
   layer = register_module("layer", std::make_shared<Linear>(hidden, o.num_experts, false, dtype));
-  normal_weights_(layer->weight, kInitStd);
+  normal_init_(layer->weight, 0, kInitStd);
   expert_bias = zeros({o.num_experts}, Options(kF32));
   register_buffer("expert_bias", &expert_bias);
   counts_ = zeros({o.num_experts}, Options(kI64));
@@ -99,8 +94,8 @@ Experts::Experts(int64_t num_experts, int64_t hidden, int64_t ffn_hidden, DType 
              "got ", num_experts, " experts, hidden ", hidden, ", ffn_hidden ", ffn_hidden);
   input_linear = empty({num_experts, 2 * ffn_hidden, hidden}, dtype);
   output_linear = empty({num_experts, hidden, ffn_hidden}, dtype);
-  normal_weights_(input_linear, kInitStd);
-  normal_weights_(output_linear, kInitStd);
+  normal_init_(input_linear, 0, kInitStd);
+  normal_init_(output_linear, 0, kInitStd);
   register_parameter("input_linear.weight", &input_linear);
   register_parameter("output_linear.weight", &output_linear);
 }

@@ -43,6 +43,39 @@ inline int64_t bcast_pos(const Shape& out_idx, const Shape& shape) {
 
 inline std::vector<double> vals(const Tensor& t) { return coil::to_vector<double>(t); }
 
+// Normwise relative error ||got - want|| / ||want||, in float64.
+inline double rel_error(const Tensor& got, const Tensor& want) {
+  const double n = want.to(coil::kF64).square().sum().item<double>();
+  const double d = (got.to(coil::kF64) - want.to(coil::kF64)).square().sum().item<double>();
+  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
+}
+
+// A gradient each rank holds a share of, summed over `group` (null: this rank's alone); an
+// undefined gradient (no share) counts as zeros shaped like `like`.
+inline Tensor summed_grad(const Tensor& g, const Tensor& like, const coil::dist::GroupPtr& group) {
+  Tensor s = g.defined() ? g.detach().clone() : coil::zeros_like(like);
+  if (group) coil::dist::all_reduce(s, coil::dist::ReduceOp::kSum, group);
+  return s;
+}
+
+// A small hybrid Mamba-2 + MoE model's config: 2 layers, d_model 16, 4 experts (top 2) of
+// hidden 8 and a shared MLP of 8, 4 heads of 8, state 8, chunk 8, vocabulary 64.
+inline coil::nn::HybridConfig tiny_hybrid() {
+  coil::nn::HybridConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.num_local_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.intermediate_size = 8;
+  c.shared_intermediate_size = 8;
+  c.mamba_n_heads = 4;
+  c.mamba_d_head = 8;
+  c.mamba_d_state = 8;
+  c.mamba_chunk_size = 8;
+  return c;
+}
+
 // A tensor with random values in [lo, hi), in dtype, optionally as a non-contiguous view
 // (a transposed copy transposed back, so the values are the same but the strides are not).
 inline Tensor rnd(const Shape& s, coil::DType t = coil::kF32, double lo = -2, double hi = 2,

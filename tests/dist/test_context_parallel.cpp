@@ -9,13 +9,6 @@ namespace dist = coil::dist;
 
 namespace {
 
-// normwise relative error
-double rel(const Tensor& got, const Tensor& want) {
-  const double n = want.to(kF64).square().sum().item<double>();
-  const double d = (got.to(kF64) - want.to(kF64)).square().sum().item<double>();
-  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
-}
-
 struct Piece {
   int64_t start, length;
 };
@@ -35,11 +28,37 @@ const std::vector<std::pair<std::string, dist::StatePassing>> kSchemes = {
 Tensor leaf(const Tensor& t) { return t.detach().clone().requires_grad_(true); }
 Tensor piece_leaf(const Tensor& t, const Piece& p) { return leaf(t.narrow(1, p.start, p.length)); }
 
-// Sum over the ranks of this rank's gradient (a parameter's, replicated on every rank).
-Tensor summed(const Tensor& g, const Tensor& like) {
-  Tensor s = g.defined() ? g.detach().clone() : zeros_like(like);  // undefined: no share
-  dist::all_reduce(s);
-  return s;
+// Both scans take 9 inputs, 0, 1, 3, 4 and 6 per token (split with the sequence), 2, 5, 7 and 8
+// per channel or head (replicated). run(inputs, cp or null) -> (y, final state). Checks the
+// context-parallel run on this rank's piece against the single-process run on the whole
+// sequence: outputs, the final state, and the gradients of loss sum(y * wy) + sum(h * wh).
+using ScanRun =
+    std::function<std::pair<Tensor, Tensor>(const TensorList&, const dist::ContextParallel*)>;
+void check_cp_scan(const ScanRun& run, const TensorList& global, const Tensor& wy, const Tensor& wh,
+                   const Piece& pc, const dist::ContextParallel& cp) {
+  const std::vector<int> per_token = {0, 1, 3, 4, 6}, replicated = {2, 5, 7, 8};
+  TensorList ref_in, in;
+  for (const Tensor& t : global) ref_in.push_back(leaf(t));
+  for (int i = 0; i < 9; ++i) in.push_back(leaf(global[i]));
+  for (int i : per_token) in[i] = piece_leaf(global[i], pc);
+  auto [y_ref, h_ref] = run(ref_in, nullptr);
+  ((y_ref * wy).sum() + (h_ref * wh).sum()).backward();
+  auto [y, h] = run(in, &cp);
+  // each rank adds its share of the final state's term: the ranks' losses sum to one
+  ((y * wy.narrow(1, pc.start, pc.length)).sum() +
+   (h * wh).sum() / static_cast<double>(dist::world_size()))
+      .backward();
+  CHECK(ct::rel_error(y, y_ref.narrow(1, pc.start, pc.length)) < 1e-10);
+  CHECK(ct::rel_error(h, h_ref) < 1e-10);
+  for (int i : per_token) {
+    CAPTURE(i);
+    CHECK(ct::rel_error(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < 1e-10);
+  }
+  for (int i : replicated) {
+    CAPTURE(i);
+    CHECK(ct::rel_error(ct::summed_grad(in[i].grad(), in[i], dist::world()), ref_in[i].grad()) <
+          1e-10);
+  }
 }
 
 }  // namespace
@@ -67,83 +86,32 @@ TEST_SUITE("dist") {
       for (const auto& [scheme, passing] : kSchemes) {
         CAPTURE(scheme);
         cp.passing = passing;
-        {  // selective_scan
-          TensorList ref_in = {leaf(u), leaf(delta), leaf(A),    leaf(B), leaf(C),
-                               leaf(D), leaf(z),     leaf(bias), leaf(h0)};
-          auto run = [](const TensorList& v, const dist::ContextParallel* c) {
-            SelectiveScanOptions o;
-            o.D = v[5];
-            o.z = v[6];
-            o.delta_bias = v[7];
-            o.initial_state = v[8];
-            o.delta_softplus = true;
-            o.return_final_state = true;
-            return c ? dist::cp_selective_scan(v[0], v[1], v[2], v[3], v[4], o, *c)
-                     : selective_scan(v[0], v[1], v[2], v[3], v[4], o);
-          };
-          auto [y_ref, h_ref] = run(ref_in, nullptr);
-          ((y_ref * wy).sum() + (h_ref * wh).sum()).backward();
-          TensorList in = {piece_leaf(u, pc), piece_leaf(delta, pc),
-                           leaf(A),           piece_leaf(B, pc),
-                           piece_leaf(C, pc), leaf(D),
-                           piece_leaf(z, pc), leaf(bias),
-                           leaf(h0)};
-          auto [y, h] = run(in, &cp);
-          // each rank adds its share of the final state's term: the ranks' losses sum to one
-          ((y * wy.narrow(1, pc.start, pc.length)).sum() +
-           (h * wh).sum() / static_cast<double>(dist::world_size()))
-              .backward();
-          CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < 1e-10);
-          CHECK(rel(h, h_ref) < 1e-10);
-          for (int i : {0, 1, 3, 4, 6}) {
-            CAPTURE(i);
-            CHECK(rel(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < 1e-10);
-          }
-          for (int i : {2, 5, 7, 8}) {
-            CAPTURE(i);
-            CHECK(rel(summed(in[i].grad(), in[i]), ref_in[i].grad()) < 1e-10);
-          }
-        }
-        {  // ssd_scan
-          TensorList ref_in = {leaf(x),  leaf(dt), leaf(Ah),  leaf(Bs), leaf(Cs),
-                               leaf(Dh), leaf(zs), leaf(dtb), leaf(s0)};
-          auto run = [](const TensorList& v, const dist::ContextParallel* c) {
-            SsdScanOptions o;
-            o.D = v[5];
-            o.z = v[6];
-            o.dt_bias = v[7];
-            o.initial_state = v[8];
-            o.dt_softplus = true;
-            o.return_final_state = true;
-            return c ? dist::cp_ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o, *c)
-                     : ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o);
-          };
-          auto [y_ref, h_ref] = run(ref_in, nullptr);
-          ((y_ref * wys).sum() + (h_ref * whs).sum()).backward();
-          TensorList in = {piece_leaf(x, pc),
-                           leaf(dt.narrow(1, pc.start, pc.length)),
-                           leaf(Ah),
-                           piece_leaf(Bs, pc),
-                           piece_leaf(Cs, pc),
-                           leaf(Dh),
-                           piece_leaf(zs, pc),
-                           leaf(dtb),
-                           leaf(s0)};
-          auto [y, h] = run(in, &cp);
-          ((y * wys.narrow(1, pc.start, pc.length)).sum() +
-           (h * whs).sum() / static_cast<double>(dist::world_size()))
-              .backward();
-          CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < 1e-10);
-          CHECK(rel(h, h_ref) < 1e-10);
-          for (int i : {0, 1, 3, 4, 6}) {
-            CAPTURE(i);
-            CHECK(rel(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < 1e-10);
-          }
-          for (int i : {2, 5, 7, 8}) {
-            CAPTURE(i);
-            CHECK(rel(summed(in[i].grad(), in[i]), ref_in[i].grad()) < 1e-10);
-          }
-        }
+        check_cp_scan(
+            [](const TensorList& v, const dist::ContextParallel* c) {
+              SelectiveScanOptions o;
+              o.D = v[5];
+              o.z = v[6];
+              o.delta_bias = v[7];
+              o.initial_state = v[8];
+              o.delta_softplus = true;
+              o.return_final_state = true;
+              return c ? dist::cp_selective_scan(v[0], v[1], v[2], v[3], v[4], o, *c)
+                       : selective_scan(v[0], v[1], v[2], v[3], v[4], o);
+            },
+            {u, delta, A, B, C, D, z, bias, h0}, wy, wh, pc, cp);
+        check_cp_scan(
+            [](const TensorList& v, const dist::ContextParallel* c) {
+              SsdScanOptions o;
+              o.D = v[5];
+              o.z = v[6];
+              o.dt_bias = v[7];
+              o.initial_state = v[8];
+              o.dt_softplus = true;
+              o.return_final_state = true;
+              return c ? dist::cp_ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o, *c)
+                       : ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o);
+            },
+            {x, dt, Ah, Bs, Cs, Dh, zs, dtb, s0}, wys, whs, pc, cp);
       }
     }
   }
@@ -173,12 +141,13 @@ TEST_SUITE("dist") {
                          piece_leaf(C, pc)};
         Tensor y = dist::cp_ssd_scan(in[0], in[1], in[2], in[3], in[4], 8, o, cp).first;
         (y * w.narrow(1, pc.start, pc.length)).sum().backward();
-        CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < tol);
+        CHECK(ct::rel_error(y, y_ref.narrow(1, pc.start, pc.length)) < tol);
         for (int i : {0, 1, 3, 4}) {
           CAPTURE(i);
-          CHECK(rel(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < tol);
+          CHECK(ct::rel_error(in[i].grad(), ref_in[i].grad().narrow(1, pc.start, pc.length)) < tol);
         }
-        CHECK(rel(summed(in[2].grad(), in[2]), ref_in[2].grad()) < tol);
+        CHECK(ct::rel_error(ct::summed_grad(in[2].grad(), in[2], dist::world()), ref_in[2].grad()) <
+              tol);
       }
     }
   }
@@ -194,7 +163,7 @@ TEST_SUITE("dist") {
       Tensor halo = dist::cp_conv_halo(xl, 3, cp);
       // the reference: the 3 inputs before the piece, zeros before the sequence
       Tensor want = cat({zeros({2, 3, 5}, kF64), x}, 1).narrow(1, pc.start, 3);
-      CHECK(rel(halo, want) == 0);
+      CHECK(ct::rel_error(halo, want) == 0);
       if (halo.requires_grad()) (halo * w).sum().backward();
       // each input's gradient: the sum of the halo weights of every rank whose window holds it
       Tensor g = zeros({2, L + 3, 5}, kF64);
@@ -207,7 +176,7 @@ TEST_SUITE("dist") {
       }
       Tensor gx = g.narrow(1, 3, L).narrow(1, pc.start, pc.length);
       // (a world of one has a constant halo: no gradient reaches x)
-      CHECK(rel(xl.grad().defined() ? xl.grad() : zeros_like(gx), gx) < 1e-15);
+      CHECK(ct::rel_error(xl.grad().defined() ? xl.grad() : zeros_like(gx), gx) < 1e-15);
     }
   }
 
@@ -262,12 +231,14 @@ TEST_SUITE("dist") {
             Tensor ul = piece_leaf(u, pc);
             Tensor y = fwd(ul);
             (y * w.narrow(1, pc.start, pc.length)).sum().backward();
-            CHECK(rel(y, y_ref.narrow(1, pc.start, pc.length)) < tol);
-            CHECK(rel(ul.grad(), ur.grad().narrow(1, pc.start, pc.length)) < tol);
+            CHECK(ct::rel_error(y, y_ref.narrow(1, pc.start, pc.length)) < tol);
+            CHECK(ct::rel_error(ul.grad(), ur.grad().narrow(1, pc.start, pc.length)) < tol);
             const auto params = m->named_parameters();
             for (size_t i = 0; i < params.size(); ++i) {
               CAPTURE(params[i].first);
-              CHECK(rel(summed(params[i].second.grad(), params[i].second), ref_grads[i]) < tol);
+              CHECK(ct::rel_error(
+                        ct::summed_grad(params[i].second.grad(), params[i].second, dist::world()),
+                        ref_grads[i]) < tol);
             }
           }
           set_cp(false);

@@ -9,12 +9,6 @@ namespace dist = coil::dist;
 
 namespace {
 
-double rel(const Tensor& got, const Tensor& want) {
-  const double n = want.to(kF64).square().sum().item<double>();
-  const double d = (got.to(kF64) - want.to(kF64)).square().sum().item<double>();
-  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
-}
-
 std::shared_ptr<nn::MoE> make_moe(int64_t experts, int64_t shared) {
   manual_seed(17);  // the same weights on every rank
   nn::MoEOptions o;
@@ -26,12 +20,6 @@ std::shared_ptr<nn::MoE> make_moe(int64_t experts, int64_t shared) {
   NoGradGuard g;
   m->router->layer->weight.copy_(randn({experts, 6}, kF64));
   return m;
-}
-
-Tensor summed(const Tensor& g, const dist::GroupPtr& group) {
-  Tensor s = g.detach().clone();
-  if (group) dist::all_reduce(s, dist::ReduceOp::kSum, group);
-  return s;
 }
 
 }  // namespace
@@ -69,14 +57,16 @@ TEST_SUITE("dist") {
           Tensor x = all_x.select(0, rank).clone().requires_grad_(true);
           Tensor y = m->forward(x);
           (y * all_w.select(0, rank)).sum().backward();
-          CHECK(rel(y, y_ref.select(0, rank)) < 1e-10);
-          CHECK(rel(x.grad(), xr.grad().select(0, rank)) < 1e-10);
+          CHECK(ct::rel_error(y, y_ref.select(0, rank)) < 1e-10);
+          CHECK(ct::rel_error(x.grad(), xr.grad().select(0, rank)) < 1e-10);
           // replicated parameters: the ranks' gradients sum to the reference's
-          CHECK(rel(summed(m->router->layer->weight.grad(), dist::world()),
-                    ref->router->layer->weight.grad()) < 1e-10);
+          CHECK(ct::rel_error(ct::summed_grad(m->router->layer->weight.grad(),
+                                              m->router->layer->weight, dist::world()),
+                              ref->router->layer->weight.grad()) < 1e-10);
           if (shared)
-            CHECK(rel(summed(m->shared_mlp->input_linear->weight.grad(), dist::world()),
-                      ref->shared_mlp->input_linear->weight.grad()) < 1e-10);
+            CHECK(ct::rel_error(ct::summed_grad(m->shared_mlp->input_linear->weight.grad(),
+                                                m->shared_mlp->input_linear->weight, dist::world()),
+                                ref->shared_mlp->input_linear->weight.grad()) < 1e-10);
           // expert weights: this rank's Shard(0) piece, summed over the dp replicas
           for (auto [mine, theirs] :
                {std::pair{&m->experts->input_linear, &ref->experts->input_linear},
@@ -86,7 +76,8 @@ TEST_SUITE("dist") {
             REQUIRE(dist::is_dtensor(g));
             const int64_t el = experts / lay.ep->size();
             Tensor want = theirs->grad().narrow(0, lay.ep->rank() * el, el);
-            CHECK(rel(summed(dist::to_local(g), lay.dp), want) < 1e-10);
+            CHECK(ct::rel_error(ct::summed_grad(dist::to_local(g), dist::to_local(g), lay.dp),
+                                want) < 1e-10);
           }
         }
       }
@@ -100,18 +91,7 @@ namespace {
 // 0.5; layout 0: one process, 1: experts over the world (each rank its rows), 2: a dp 2 x ep 2
 // mesh. Returns the losses, then the gradient norms before clipping.
 std::vector<double> train_hybrid(int layout, int steps) {
-  nn::HybridConfig c;
-  c.vocab_size = 64;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_local_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.intermediate_size = 8;
-  c.shared_intermediate_size = 8;
-  c.mamba_n_heads = 4;
-  c.mamba_d_head = 8;
-  c.mamba_d_state = 8;
-  c.mamba_chunk_size = 8;
+  const nn::HybridConfig c = ct::tiny_hybrid();
   manual_seed(3);
   auto lm = std::make_shared<nn::HybridLM>(c);
   const int world = dist::world_size(), rank = dist::rank();

@@ -9,12 +9,6 @@ using namespace coil;
 
 namespace {
 
-double rel(const Tensor& got, const Tensor& want) {
-  const double n = want.to(kF64).square().sum().item<double>();
-  const double d = (got.to(kF64) - want.to(kF64)).square().sum().item<double>();
-  return std::sqrt(d) / std::max(std::sqrt(n), 1e-300);
-}
-
 // y_t = sum_j w_tj * expert_{e_tj}(x_t) (+ shared), every token on its own, from the routing
 // the layer's router picks (recomputed here with plain ops) and each expert's weights sliced.
 Tensor dense_reference(const nn::MoE& m, const Tensor& x) {
@@ -114,12 +108,12 @@ TEST_SUITE("nn.moe") {
       Tensor xr = x0.clone().requires_grad_(true);
       Tensor yr = dense_reference(m, xr);
       (yr * w).sum().backward();
-      CHECK(rel(y, yr) < 1e-12);
-      CHECK(rel(gx, xr.grad()) < 1e-12);
+      CHECK(ct::rel_error(y, yr) < 1e-12);
+      CHECK(ct::rel_error(gx, xr.grad()) < 1e-12);
       const auto params = m.named_parameters();
       for (size_t i = 0; i < params.size(); ++i) {
         CAPTURE(params[i].first);
-        CHECK(rel(grads[i], params[i].second.grad()) < 1e-12);
+        CHECK(ct::rel_error(grads[i], params[i].second.grad()) < 1e-12);
       }
       CHECK(m.router->tokens_per_expert().sum().item<int64_t>() == 14 * 2);
       CHECK(m.dropped_tokens() == 0);
@@ -164,7 +158,7 @@ TEST_SUITE("nn.moe") {
     d.load_state_dict(m.state_dict());
     Tensor yd = d.forward(x);
     CHECK(d.dropped_tokens() == 0);
-    CHECK(rel(yd.narrow(0, 0, 2), y.narrow(0, 0, 2)) < 1e-15);
+    CHECK(ct::rel_error(yd.narrow(0, 0, 2), y.narrow(0, 0, 2)) < 1e-15);
     CHECK(yd.select(0, 2).abs().sum().item<double>() > 0);
   }
 
@@ -231,18 +225,7 @@ TEST_SUITE("nn.moe") {
 
 TEST_SUITE("nn.moe") {
   TEST_CASE("hybrid Mamba-2 + MoE LM: GraniteMoeHybrid names, trains, rejects attention") {
-    nn::HybridConfig c;
-    c.vocab_size = 64;
-    c.hidden_size = 16;
-    c.num_hidden_layers = 2;
-    c.num_local_experts = 4;
-    c.num_experts_per_tok = 2;
-    c.intermediate_size = 8;
-    c.shared_intermediate_size = 8;
-    c.mamba_n_heads = 4;
-    c.mamba_d_head = 8;
-    c.mamba_d_state = 8;
-    c.mamba_chunk_size = 8;
+    nn::HybridConfig c = ct::tiny_hybrid();
     c.embedding_multiplier = 2.0;
     c.residual_multiplier = 0.5;
     c.logits_scaling = 4.0;
@@ -286,17 +269,9 @@ TEST_SUITE("nn.moe") {
 
 TEST_SUITE("nn.moe") {
   TEST_CASE("hybrid LM: save_pretrained / from_pretrained round trip, config.json fields") {
-    nn::HybridConfig c;
+    nn::HybridConfig c = ct::tiny_hybrid();
     c.vocab_size = 32;
-    c.hidden_size = 16;
-    c.num_hidden_layers = 2;
-    c.num_local_experts = 4;
-    c.intermediate_size = 8;
     c.shared_intermediate_size = 0;
-    c.mamba_n_heads = 4;
-    c.mamba_d_head = 8;
-    c.mamba_d_state = 8;
-    c.mamba_chunk_size = 8;
     c.embedding_multiplier = 12.0;
     c.logits_scaling = 6.0;
     manual_seed(8);
