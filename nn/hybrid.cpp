@@ -12,11 +12,14 @@ void HybridConfig::validate() const {
              "HybridConfig: layer_types has ", layer_types.size(), " entries for ",
              num_hidden_layers, " layers");
   for (size_t i = 0; i < layer_types.size(); ++i)
-    COIL_CHECK(layer_types[i] == "mamba", "HybridConfig: layer ", i, " is '", layer_types[i],
+    COIL_CHECK(layer_types[i] == "mamba" || layer_types[i] == "linear_attention",
+               "HybridConfig: layer ", i, " is '", layer_types[i],
                "': coil builds mamba layers only (attention layers are not supported)");
   COIL_CHECK((mamba_n_heads * mamba_d_head) % hidden_size == 0,
              "HybridConfig: mamba_n_heads * mamba_d_head = ", mamba_n_heads * mamba_d_head,
              " must be a multiple of hidden_size ", hidden_size);
+  COIL_CHECK(pad_token_id >= -1 && pad_token_id < vocab_size, "HybridConfig: pad_token_id ",
+             pad_token_id, " is not a token of the vocabulary of ", vocab_size, " (-1: none)");
   COIL_CHECK(num_local_experts >= 0 && (num_local_experts == 0 || num_experts_per_tok >= 1),
              "HybridConfig: num_local_experts ", num_local_experts, ", num_experts_per_tok ",
              num_experts_per_tok);
@@ -38,7 +41,9 @@ MambaConfig HybridConfig::mamba_config() const {
   m.use_bias = mamba_proj_bias;
   m.use_conv_bias = mamba_conv_bias;
   m.layer_norm_epsilon = rms_norm_eps;
-  m.norm_per_group = false;  // GraniteMoeHybrid's gated norm covers all channels
+  m.time_step_limit_min = time_step_limit_min;
+  m.time_step_limit_max = time_step_limit_max;
+  m.norm_per_group = true;  // transformers' GraniteMoeHybridRMSNormGated: d_inner / n_groups
   return m;
 }
 
@@ -59,10 +64,9 @@ HybridBlock::HybridBlock(const HybridConfig& c, DType dtype)
     block_sparse_moe =
         register_module("block_sparse_moe", std::make_shared<MoE>(c.hidden_size, o, dtype));
   }
-  const int64_t shared = c.num_local_experts > 0 ? c.shared_intermediate_size : c.intermediate_size;
-  if (shared > 0)
-    shared_mlp =
-        register_module("shared_mlp", std::make_shared<GatedMLP>(c.hidden_size, shared, dtype));
+  if (c.shared_intermediate_size > 0)
+    shared_mlp = register_module(
+        "shared_mlp", std::make_shared<GatedMLP>(c.hidden_size, c.shared_intermediate_size, dtype));
 }
 
 Tensor HybridBlock::forward(const Tensor& x) const {
@@ -78,6 +82,11 @@ HybridModel::HybridModel(const HybridConfig& c, DType dtype) {
   embed_tokens = register_module(
       "embed_tokens",
       std::make_shared<Embedding>(c.vocab_size, c.hidden_size, dtype, c.initializer_range));
+  if (c.pad_token_id >= 0) {
+    embed_tokens->padding_idx = c.pad_token_id;
+    NoGradGuard ng;
+    embed_tokens->weight.select(0, c.pad_token_id).zero_();
+  }
   layers = register_module("layers", std::make_shared<ModuleList>());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     layers->push_back(std::make_shared<HybridBlock>(c, dtype));

@@ -15,6 +15,7 @@
 //
 // Attention layers (layer_types "attention") are not part of coil: such a config is rejected.
 #pragma once
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -28,18 +29,24 @@ struct HybridConfig {
   int64_t vocab_size = 256;
   int64_t hidden_size = 256;
   int64_t num_hidden_layers = 4;
-  std::vector<std::string> layer_types;  // "mamba" per layer; empty: all mamba
-  int64_t num_local_experts = 8;         // 0: a dense MLP of intermediate_size instead
+  // "mamba" (transformers 5 writes "linear_attention", read as "mamba") per layer; empty: all
+  std::vector<std::string> layer_types;
+  int64_t num_local_experts = 8;  // 0: no MoE, the shared MLP alone is the feed-forward
   int64_t num_experts_per_tok = 2;
   int64_t intermediate_size = 512;         // each expert's hidden size
-  int64_t shared_intermediate_size = 512;  // 0: no shared MLP
+  int64_t shared_intermediate_size = 512;  // 0: no shared MLP (transformers: a zero-width one)
   double router_aux_loss_coef = 0;         // coil's Switch loss (MATH.md 6), 0: off
   int64_t mamba_n_heads = 8, mamba_d_head = 64, mamba_d_state = 64, mamba_n_groups = 1;
   int64_t mamba_d_conv = 4, mamba_chunk_size = 64;
   bool mamba_conv_bias = true, mamba_proj_bias = false;
+  double time_step_limit_min = 0.0;  // dt clamp, time_step_limit in config.json
+  double time_step_limit_max = std::numeric_limits<double>::infinity();
   double rms_norm_eps = 1e-6;
   double embedding_multiplier = 1.0, residual_multiplier = 1.0, logits_scaling = 1.0;
   bool tie_word_embeddings = true;
+  // The embedding row that gets no gradient (and starts at zero), as transformers' padding_idx;
+  // -1 (null in config.json): none.
+  int64_t pad_token_id = -1;
   double initializer_range = 0.02;
 
   void validate() const;             // coil::Error naming the offending field
@@ -59,7 +66,7 @@ class HybridBlock : public Module {
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
   std::shared_ptr<Mamba2> mamba;
   std::shared_ptr<MoE> block_sparse_moe;  // null for a dense block
-  std::shared_ptr<GatedMLP> shared_mlp;   // the shared experts, or the dense MLP
+  std::shared_ptr<GatedMLP> shared_mlp;   // the shared experts, or the whole dense MLP
   double residual_multiplier;
 };
 

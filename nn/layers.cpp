@@ -52,7 +52,7 @@ Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, DType dtype,
   register_parameter("weight", &weight);
 }
 
-Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight, ids); }
+Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight, ids, padding_idx); }
 
 RMSNorm::RMSNorm(int64_t dim, double eps_, DType dtype) : eps(eps_) {
   weight = ones({dim}, dtype);

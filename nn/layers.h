@@ -23,6 +23,8 @@ class Embedding : public Module {
             double init_std = 1.0);
   Tensor forward(const Tensor& ids) const;
   Tensor weight;
+  // A row that gets no gradient (torch.nn.Embedding's padding_idx); -1: none.
+  int64_t padding_idx = -1;
 };
 
 // x / sqrt(mean(x^2) + eps) * weight over the last dim; weight starts at ones.

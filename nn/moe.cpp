@@ -28,7 +28,8 @@ TopKRouter::TopKRouter(int64_t hidden, RouterOptions o, DType dtype) : options(o
   layer = register_module("layer", std::make_shared<Linear>(hidden, o.num_experts, false, dtype));
   normal_init_(layer->weight, 0, kInitStd);
   expert_bias = zeros({o.num_experts}, Options(kF32));
-  register_buffer("expert_bias", &expert_bias);
+  // state only when loss-free balancing is on, so that checkpoints without it load strictly
+  if (o.bias_update_rate > 0) register_buffer("expert_bias", &expert_bias);
   counts_ = zeros({o.num_experts}, Options(kI64));
 }
 

@@ -55,7 +55,7 @@ class TopKRouter : public Module {
   void update_bias(const dist::GroupPtr& group = nullptr);
 
   std::shared_ptr<Linear> layer;  // (E, hidden), no bias
-  Tensor expert_bias;             // (E) buffer, routing only
+  Tensor expert_bias;  // (E) routing only; a buffer (state_dict) when bias_update_rate > 0
   RouterOptions options;
 
  private:

@@ -11,6 +11,7 @@
 #include "op_helpers.h"
 #include "reduce.h"
 #include "shape.h"
+#include "unary.h"
 #include "view.h"
 
 namespace coil {
@@ -117,11 +118,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   return out;
 }
 
-Tensor embedding(const Tensor& weight, const Tensor& ids) {
+Tensor embedding(const Tensor& weight, const Tensor& ids, int64_t padding_idx) {
   COIL_OP("embedding");
-  if (any_distributed({&weight, &ids})) return dist_dispatch(op_, {weight, ids}, {})[0];
+  if (any_distributed({&weight, &ids}))
+    return dist_dispatch(op_, {weight, ids}, {{"padding_idx", padding_idx}})[0];
   COIL_CHECK(weight.dim() == 2, "embedding: weight must be 2-d (num_embeddings, dim), got shape ",
              weight.shape_str());
+  COIL_CHECK(padding_idx >= -1 && padding_idx < weight.sizes()[0], "embedding: padding_idx ",
+             padding_idx, " out of range for ", weight.sizes()[0], " embeddings (-1: none)");
   check_same_device("embedding", {weight, ids});
   Tensor idx = as_index("embedding", ids, "ids");
   const int64_t V = weight.sizes()[0], D = weight.sizes()[1];
@@ -133,10 +137,13 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
                                                       g);
   if (needs_grad({&weight})) {
     SavedTensor si(idx, "embedding");
-    record("embedding", {weight}, {out}, [si, V, D](const TensorList& gr) {
+    record("embedding", {weight}, {out}, [si, V, D, padding_idx](const TensorList& gr) {
       Tensor z = zeros({V, D}, Options(gr[0].dtype(), gr[0].device()));
       Tensor ids_flat = reshape(si.unpack(), {-1});  // rows given explicitly: D may be 0
-      return TensorList{index_add(z, 0, ids_flat, reshape(gr[0], {ids_flat.numel(), D}))};
+      Tensor rows = reshape(gr[0], {ids_flat.numel(), D});
+      if (padding_idx >= 0)
+        rows = rows * logical_not(ids_flat == padding_idx).to(rows.dtype()).unsqueeze(1);
+      return TensorList{index_add(z, 0, ids_flat, rows)};
     });
   }
   check_anomaly("embedding", {weight, ids}, {out});
@@ -278,7 +285,9 @@ void register_index() {
   auto ids = [](const std::vector<int64_t>& v, const Shape& s) { return tensor(v, s); };
   reg(
       "embedding", &cpu::index_select_kernel,
-      [](const TensorList& i, const Attrs&) { return TensorList{embedding(i[0], i[1])}; },
+      [](const TensorList& i, const Attrs& a) {
+        return TensorList{embedding(i[0], i[1], attr_or<int64_t>(a, "padding_idx", -1))};
+      },
       [ids] {
         // repeated ids: their rows' gradients must add up
         return GC{{detail::gc_rand({5, 3}), ids({0, 4, 2, 2, 2, 1}, {2, 3})},

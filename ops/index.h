@@ -4,8 +4,9 @@
 
 namespace coil {
 
-// weight (V, D), ids of any shape -> (*ids.shape, D). Backward adds rows into dweight.
-Tensor embedding(const Tensor& weight, const Tensor& ids);
+// weight (V, D), ids of any shape -> (*ids.shape, D). Backward adds rows into dweight, except
+// row padding_idx (>= 0; -1: none) which gets no gradient, as torch.nn.functional.embedding.
+Tensor embedding(const Tensor& weight, const Tensor& ids, int64_t padding_idx = -1);
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);  // index 1-d
 // out[i][j] = x[i][index[i][j]] along dim (index has x's number of dims).
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);

@@ -24,7 +24,8 @@ HybridConfig HybridConfig::from_json(const std::string& text, const std::string&
   c.num_hidden_layers = j.get<int64_t>("num_hidden_layers", c.num_hidden_layers);
   if (const json::Value* lt = j.find("layer_types")) {
     COIL_CHECK(lt->is_array(), "HybridConfig: ", what, ": layer_types must be an array");
-    for (const json::Value& v : lt->items()) c.layer_types.push_back(v.as_string());
+    for (const json::Value& v : lt->items())  // transformers 5 calls a mamba layer so
+      c.layer_types.push_back(v.as_string() == "linear_attention" ? "mamba" : v.as_string());
   }
   c.num_local_experts = j.get<int64_t>("num_local_experts", c.num_local_experts);
   c.num_experts_per_tok = j.get<int64_t>("num_experts_per_tok", c.num_experts_per_tok);
@@ -39,6 +40,10 @@ HybridConfig HybridConfig::from_json(const std::string& text, const std::string&
   c.mamba_chunk_size = j.get<int64_t>("mamba_chunk_size", c.mamba_chunk_size);
   c.mamba_conv_bias = j.get<bool>("mamba_conv_bias", c.mamba_conv_bias);
   c.mamba_proj_bias = j.get<bool>("mamba_proj_bias", c.mamba_proj_bias);
+  json::python_float_pair(j, "time_step_limit", "HybridConfig: " + what + ": time_step_limit",
+                          c.time_step_limit_min, c.time_step_limit_max);
+  COIL_CHECK(j.get<std::string>("hidden_act", "silu") == "silu", "HybridConfig: ", what,
+             ": hidden_act must be \"silu\", got \"", j.get<std::string>("hidden_act", ""), "\"");
   const json::Value* dh = j.find("mamba_d_head");
   if (dh && dh->is_string()) {
     COIL_CHECK(dh->as_string() == "auto", "HybridConfig: ", what, ": mamba_d_head '",
@@ -52,6 +57,7 @@ HybridConfig HybridConfig::from_json(const std::string& text, const std::string&
   c.residual_multiplier = j.get<double>("residual_multiplier", c.residual_multiplier);
   c.logits_scaling = j.get<double>("logits_scaling", c.logits_scaling);
   c.tie_word_embeddings = j.get<bool>("tie_word_embeddings", c.tie_word_embeddings);
+  c.pad_token_id = j.get<int64_t>("pad_token_id", c.pad_token_id);  // null: none
   c.initializer_range = j.get<double>("initializer_range", c.initializer_range);
   c.validate();
   return c;
@@ -86,11 +92,14 @@ std::string HybridConfig::to_json() const {
   j.set("mamba_chunk_size", mamba_chunk_size);
   j.set("mamba_conv_bias", mamba_conv_bias);
   j.set("mamba_proj_bias", mamba_proj_bias);
+  j.set("time_step_limit",
+        json::Value(std::vector<json::Value>{time_step_limit_min, time_step_limit_max}));
   j.set("rms_norm_eps", rms_norm_eps);
   j.set("embedding_multiplier", embedding_multiplier);
   j.set("residual_multiplier", residual_multiplier);
   j.set("logits_scaling", logits_scaling);
   j.set("tie_word_embeddings", tie_word_embeddings);
+  j.set("pad_token_id", pad_token_id >= 0 ? json::Value(pad_token_id) : json::Value());
   j.set("initializer_range", initializer_range);
   j.set("hidden_act", "silu");
   j.set("torch_dtype", "float32");

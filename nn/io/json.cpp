@@ -641,4 +641,28 @@ Value parse(std::string_view text, const std::string& what) {
 
 Value parse_file(const std::string& path) { return parse(io::read_file(path), path); }
 
+double python_float(const Value& v, const std::string& where) {
+  if (v.is_object()) {
+    const Value* f = v.find("__float__");
+    COIL_CHECK(f && f->is_string(), where, " holds an object other than {\"__float__\": ...}");
+    const std::string& s = f->as_string();
+    if (s == "Infinity" || s == "inf") return std::numeric_limits<double>::infinity();
+    if (s == "-Infinity" || s == "-inf") return -std::numeric_limits<double>::infinity();
+    if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
+    fail(where, " has an unknown __float__ \"", s, "\"");
+  }
+  COIL_CHECK(v.is_number(), where, " must be a number, got ", v.type_name());
+  return v.as_double();
+}
+
+void python_float_pair(const Value& obj, std::string_view key, const std::string& where, double& lo,
+                       double& hi) {
+  const Value* v = obj.find(key);
+  if (!v || v->is_null()) return;
+  COIL_CHECK(v->is_array() && v->size() == 2, where, " needs 2 numbers, got ",
+             v->is_array() ? std::to_string(v->size()) + " values" : std::string(v->type_name()));
+  lo = python_float((*v)[0], where);
+  hi = python_float((*v)[1], where);
+}
+
 }  // namespace coil::json

@@ -99,6 +99,14 @@ Value parse(std::string_view text, const std::string& what = "input");
 // Reads and parses a file; errors name the path.
 Value parse_file(const std::string& path);
 
+// A float of a transformers config.json: a number, or the object transformers 5 writes for the
+// values JSON lacks, {"__float__": "Infinity"} (also "-Infinity", "NaN"). Errors start with
+// `where` ("MambaConfig: path: time_step_limit").
+double python_float(const Value& v, const std::string& where);
+// obj[key] as a [lo, hi] pair of such floats; lo and hi are kept when the key is missing or null.
+void python_float_pair(const Value& obj, std::string_view key, const std::string& where, double& lo,
+                       double& hi);
+
 template <class T>
 T Value::get(std::string_view key, const T& dflt) const {
   const Value* v = find(key);

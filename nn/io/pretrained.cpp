@@ -14,26 +14,6 @@
 
 namespace coil::nn {
 
-namespace {
-
-// A float of config.json: a number, or the object transformers (5.x) writes for the values JSON
-// lacks, {"__float__": "Infinity"} (also "-Infinity", "NaN").
-double config_float(const json::Value& v, const std::string& what, const char* field) {
-  if (v.is_object()) {
-    const json::Value* f = v.find("__float__");
-    COIL_CHECK(f && f->is_string(), "MambaConfig: ", what, ": ", field,
-               " holds an object other than {\"__float__\": ...}");
-    const std::string& s = f->as_string();
-    if (s == "Infinity" || s == "inf") return std::numeric_limits<double>::infinity();
-    if (s == "-Infinity" || s == "-inf") return -std::numeric_limits<double>::infinity();
-    if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
-    fail("MambaConfig: ", what, ": ", field, " has an unknown __float__ \"", s, "\"");
-  }
-  return v.as_double();
-}
-
-}  // namespace
-
 MambaConfig MambaConfig::from_json(const std::string& text, const std::string& what) {
   json::Value j = json::parse(text, what);
   COIL_CHECK(j.is_object(), "MambaConfig: ", what, " must hold a JSON object, got ", j.type_name());
@@ -87,16 +67,10 @@ MambaConfig MambaConfig::from_json(const std::string& text, const std::string& w
   c.head_dim = j.get<int64_t>("head_dim", c.head_dim);
   c.n_groups = j.get<int64_t>("n_groups", c.n_groups);
   c.chunk_size = j.get<int64_t>("chunk_size", c.chunk_size);
-  if (const json::Value* lim = j.find("time_step_limit"); lim && lim->is_array()) {
-    COIL_CHECK(lim->size() == 2, "MambaConfig: ", what, ": time_step_limit needs 2 numbers, got ",
-               lim->size());
-    c.time_step_limit_min = config_float((*lim)[0], what, "time_step_limit");
-    c.time_step_limit_max = config_float((*lim)[1], what, "time_step_limit");
-  }
-  if (const json::Value* a = j.find("A_init_range"); a && a->is_array() && a->size() == 2) {
-    c.A_init_min = config_float((*a)[0], what, "A_init_range");
-    c.A_init_max = config_float((*a)[1], what, "A_init_range");
-  }
+  const std::string where = "MambaConfig: " + what + ": ";
+  json::python_float_pair(j, "time_step_limit", where + "time_step_limit", c.time_step_limit_min,
+                          c.time_step_limit_max);
+  json::python_float_pair(j, "A_init_range", where + "A_init_range", c.A_init_min, c.A_init_max);
   c.norm_per_group = j.get<bool>("norm_per_group", c.norm_per_group);
   c.selective = j.get<bool>("selective", c.selective);
   COIL_CHECK(j.get<std::string>("hidden_act", "silu") == "silu", "MambaConfig: ", what,

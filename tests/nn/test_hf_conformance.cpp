@@ -1,7 +1,8 @@
-// Agreement with Hugging Face transformers: small random Mamba / Mamba-2 models that transformers
-// built and saved (tests/fixtures/<name>/, made by tests/fixtures/make_fixtures.py with the
-// versions in tests/fixtures/VERSIONS.txt) load with MambaLM::from_pretrained and give
-// transformers' logits, loss, parameter gradients, cached decoding logits and greedy tokens.
+// Agreement with Hugging Face transformers: small random Mamba / Mamba-2 / GraniteMoeHybrid models
+// that transformers built and saved (tests/fixtures/<name>/, made by
+// tests/fixtures/make_fixtures.py with the versions in tests/fixtures/VERSIONS.txt) load with
+// MambaLM (HybridLM)::from_pretrained and give transformers' logits, loss, parameter gradients,
+// cached decoding logits and greedy tokens (the hybrid: no decoding).
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -24,6 +25,9 @@ constexpr double kMargin = 1e-3;
 
 const char* const kFixtures[] = {"mamba1_tied",   "mamba1_untied", "mamba2_n16_g1",
                                  "mamba2_n64_g1", "mamba2_n16_g2", "mamba2_n64_g2_untied"};
+
+// GraniteMoeHybrid (mamba layers only), loaded with nn::HybridLM; no generation entries.
+const char* const kHybridFixtures[] = {"granite_moe_g2", "granite_dense_untied"};
 
 std::string fixture_dir(const std::string& name) {
   return (fs::path(COIL_TEST_SOURCE_DIR) / "fixtures" / name).string();
@@ -93,6 +97,43 @@ Tensor next_token_loss(const Tensor& logits, const Tensor& ids) {
                        ids.narrow(1, 1, L - 1).reshape({-1}));
 }
 
+// The gradient of every parameter of m against expected's grad.<name>, and the same count of
+// them (a tied head is one parameter in both).
+void check_gradients(const nn::Module& m, const io::SafetensorsFile& e, const std::string& name) {
+  auto params = m.named_parameters();
+  size_t ref_count = 0;
+  for (const auto& n : e.names()) ref_count += n.rfind("grad.", 0) == 0;
+  CHECK(params.size() == ref_count);
+  double worst = 0;
+  std::string worst_name;
+  for (auto& [pname, p] : params) {
+    CAPTURE(pname);
+    const Tensor* ref = e.find("grad." + pname);
+    REQUIRE_MESSAGE(ref != nullptr, "no reference gradient for " << pname);
+    REQUIRE(p.grad().defined());
+    const double rel = check_grad(p.grad(), *ref, pname);
+    if (rel >= worst) {
+      worst = rel;
+      worst_name = pname;
+    }
+  }
+  MESSAGE(name << ": worst gradient max|g - g_ref| / max|g_ref| " << worst << " (" << worst_name
+               << ")");
+}
+
+// Logits and the next-token loss against the reference; hidden_err is the blocks' worst error.
+void check_logits(const Tensor& logits, const io::SafetensorsFile& e, const std::string& name,
+                  double hidden_err) {
+  const Tensor& ids = e.at("input_ids");
+  CHECK(logits.sizes() == e.at("logits").sizes());
+  const double logit_err = check_values(logits, e.at("logits"), kRtol, kAtol, "logits");
+  const double loss = next_token_loss(logits, ids).item<double>();
+  const double ref_loss = e.at("loss").reshape({-1})[0].item<double>();
+  CHECK(std::fabs(loss - ref_loss) <= kAtol + kRtol * std::fabs(ref_loss));
+  MESSAGE(name << ": max |logits - ref| " << logit_err << ", max |hidden - ref| " << hidden_err
+               << ", |loss - ref| " << std::fabs(loss - ref_loss) << " (loss " << ref_loss << ")");
+}
+
 std::string meta(const io::SafetensorsFile& f, const std::string& key) {
   for (auto& [k, v] : f.metadata)
     if (k == key) return v;
@@ -119,6 +160,14 @@ TEST_SUITE("nn.hf") {
       CHECK(meta(e, "fixture") == name);
       for (const char* key : {"input_ids", "logits", "loss", "gen.prompt", "gen.tokens",
                               "gen.logits", "hidden.final"})
+        CHECK_MESSAGE(e.contains(key), "expected.safetensors lacks " << key);
+    }
+    for (const std::string name : kHybridFixtures) {
+      CAPTURE(name);
+      io::SafetensorsFile e = expected(name);
+      CHECK(meta(e, "transformers") == transformers_version);
+      CHECK(meta(e, "fixture") == name);
+      for (const char* key : {"input_ids", "logits", "loss", "hidden.0", "hidden.final"})
         CHECK_MESSAGE(e.contains(key), "expected.safetensors lacks " << key);
     }
   }
@@ -179,15 +228,7 @@ TEST_SUITE("nn.hf") {
       hidden_err =
           std::max(hidden_err, check_values(m->backbone->norm_f->forward(h), e.at("hidden.final"),
                                             kRtol, kAtol, "hidden.final"));
-      Tensor logits = m->forward(ids);
-      CHECK(logits.sizes() == e.at("logits").sizes());
-      const double logit_err = check_values(logits, e.at("logits"), kRtol, kAtol, "logits");
-      const double loss = next_token_loss(logits, ids).item<double>();
-      const double ref_loss = e.at("loss").reshape({-1})[0].item<double>();
-      CHECK(std::fabs(loss - ref_loss) <= kAtol + kRtol * std::fabs(ref_loss));
-      MESSAGE(name << ": max |logits - ref| " << logit_err << ", max |hidden - ref| " << hidden_err
-                   << ", |loss - ref| " << std::fabs(loss - ref_loss) << " (loss " << ref_loss
-                   << ")");
+      check_logits(m->forward(ids), e, name, hidden_err);
     }
   }
 
@@ -199,25 +240,7 @@ TEST_SUITE("nn.hf") {
       const Tensor& ids = e.at("input_ids");
       m->zero_grad();
       next_token_loss(m->forward(ids), ids).backward();
-      auto params = m->named_parameters();
-      size_t ref_count = 0;
-      for (const auto& n : e.names()) ref_count += n.rfind("grad.", 0) == 0;
-      CHECK(params.size() == ref_count);  // a tied head is one parameter in both
-      double worst = 0;
-      std::string worst_name;
-      for (auto& [pname, p] : params) {
-        CAPTURE(pname);
-        const Tensor* ref = e.find("grad." + pname);
-        REQUIRE_MESSAGE(ref != nullptr, "no reference gradient for " << pname);
-        REQUIRE(p.grad().defined());
-        const double rel = check_grad(p.grad(), *ref, pname);
-        if (rel >= worst) {
-          worst = rel;
-          worst_name = pname;
-        }
-      }
-      MESSAGE(name << ": worst gradient max|g - g_ref| / max|g_ref| " << worst << " (" << worst_name
-                   << ")");
+      check_gradients(*m, e, name);
     }
   }
 
@@ -285,5 +308,73 @@ TEST_SUITE("nn.hf") {
     Tensor la = a->forward(e.at("input_ids")), lb = b->forward(e.at("input_ids"));
     CHECK((la - lb).abs().max().item<double>() == 0.0);
     check_values(lb, e.at("logits"), kRtol, kAtol, "sharded logits");
+  }
+
+  TEST_CASE("GraniteMoeHybrid: config.json as transformers 5 writes it") {
+    // layer_types "linear_attention" (a mamba layer in transformers 5), time_step_limit with
+    // {"__float__": "Infinity"}, and every field of the hybrid.
+    nn::HybridConfig c = nn::HybridConfig::load(fixture_dir("granite_moe_g2") + "/config.json");
+    CHECK(c.layer_types == std::vector<std::string>{"mamba", "mamba"});
+    CHECK(c.vocab_size == 59);
+    CHECK(c.num_local_experts == 6);
+    CHECK(c.num_experts_per_tok == 2);
+    CHECK(c.intermediate_size == 24);
+    CHECK(c.shared_intermediate_size == 16);
+    CHECK(c.mamba_n_groups == 2);
+    CHECK(c.mamba_d_head == 16);
+    CHECK(c.embedding_multiplier == 3.0);
+    CHECK(c.residual_multiplier == 0.5);
+    CHECK(c.logits_scaling == 2.5);
+    CHECK(c.time_step_limit_min == 0.0);
+    CHECK(std::isinf(c.time_step_limit_max));
+    CHECK(c.mamba_config().norm_per_group);  // transformers 5's gated norm is per group
+    CHECK(c.pad_token_id == 0);  // the embedding's padding_idx: row 0 gets no gradient
+    // coil's own config.json reads back to the same config.
+    nn::HybridConfig r = nn::HybridConfig::from_json(c.to_json());
+    CHECK(r.to_json() == c.to_json());
+    CHECK(std::isinf(r.time_step_limit_max));
+    nn::HybridConfig d =
+        nn::HybridConfig::load(fixture_dir("granite_dense_untied") + "/config.json");
+    CHECK(d.num_local_experts == 0);
+    CHECK(nn::HybridConfig::from_json(R"({"pad_token_id": null})").pad_token_id == -1);
+    CHECK(!d.tie_word_embeddings);
+    ct::check_error(
+        [] {
+          nn::HybridConfig::from_json(R"({"model_type": "granitemoehybrid",
+            "num_hidden_layers": 2, "layer_types": ["mamba", "attention"]})");
+        },
+        {"HybridConfig", "layer 1", "attention"});
+    ct::check_error(
+        [] {
+          nn::HybridConfig::from_json(
+              R"({"model_type": "granitemoehybrid", "time_step_limit": [0.0, "wide"]})");
+        },
+        {"HybridConfig", "time_step_limit", "string"});
+  }
+
+  TEST_CASE("GraniteMoeHybrid: logits, loss, hidden states and gradients match transformers") {
+    for (const std::string name : kHybridFixtures) {
+      CAPTURE(name);
+      auto m = nn::HybridLM::from_pretrained(fixture_dir(name));
+      io::SafetensorsFile e = expected(name);
+      const Tensor& ids = e.at("input_ids");
+      {
+        NoGradGuard no_grad;
+        Tensor h = m->model->embed_tokens->forward(ids) * m->config().embedding_multiplier;
+        double hidden_err = 0;
+        for (size_t i = 0; i < m->model->layers->size(); ++i) {
+          const std::string key = "hidden." + std::to_string(i);
+          h = m->model->layers->at<nn::HybridBlock>(i)->forward(h);
+          hidden_err = std::max(hidden_err, check_values(h, e.at(key), kRtol, kAtol, key));
+        }
+        hidden_err =
+            std::max(hidden_err, check_values(m->model->norm->forward(h), e.at("hidden.final"),
+                                              kRtol, kAtol, "hidden.final"));
+        check_logits(m->forward(ids), e, name, hidden_err);
+      }
+      m->zero_grad();
+      next_token_loss(m->forward(ids), ids).backward();
+      check_gradients(*m, e, name);
+    }
   }
 }

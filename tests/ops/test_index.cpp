@@ -120,6 +120,14 @@ TEST_SUITE("ops.index") {
     for (size_t i = 0; i < iv.size(); ++i)
       for (int64_t c = 0; c < 3; ++c) ref[iv[i] * 3 + c] += gv[i * 3 + c];
     ct::check_close(w.grad(), ref, 1e-12, 1e-12, "embedding grad");
+    // padding_idx: the same values, and that row alone gets no gradient
+    Tensor wp = w.detach().requires_grad_();
+    Tensor yp = embedding(wp, ids, 4);
+    ct::check_close(yp, ct::vals(embedding(w.detach(), ids)), 0, 0, "embedding padding_idx");
+    (yp * g).sum().backward();
+    for (int64_t c = 0; c < 3; ++c) ref[4 * 3 + c] = 0;
+    ct::check_close(wp.grad(), ref, 1e-12, 1e-12, "embedding padding_idx grad");
+    ct::check_error([&] { embedding(w, ids, 6); }, {"embedding", "padding_idx 6", "6 embeddings"});
   }
 
   TEST_CASE("embedding backward with many repeated ids takes the parallel path exactly") {
