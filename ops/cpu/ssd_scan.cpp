@@ -33,6 +33,8 @@
 // accumulators in registers), pass 2 for 2 (its lanes of H B need whole rows of 4 N-vectors);
 // within a sweep the operations are those of one step after another, so grouping never changes
 // the results. C . B of every step is computed once per group of heads, not per head.
+//
+// One step (L = 1, decoding) has a path of its own: step_head.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -459,6 +461,47 @@ struct Ssd {
     }
   }
 
+  // ---- one step (decoding) ----
+  // L = 1: the state is read and written in its own [P][N] layout, vectorised over N, with no
+  // scale, scratch or transposes: S = a S0 + d x B^T, y = S C + D x, then the gate. Decoding
+  // spends its time streaming weights; this keeps the state's share of a step small.
+  void step_head(int64_t b, int64_t h, T* gate, T* y, T* y_pre, T* fin) const {
+    const int64_t g = h / hpg, r = xrow(b, 0, h), rb = bcrow(b, 0, g), i = b * H + h;
+    const T d = d_all[i], a = a_all[i], Dh = D ? D[h] : T(0);
+    const T *xt = x + r, *Bt = Bm + rb, *Ct = Cm + rb;
+    const T* s0 = init ? init + srow(b, h) : nullptr;
+    T* s1 = fin ? fin + srow(b, h) : nullptr;
+    T* yt = y_pre ? y_pre + r : y + r;
+    const Vec av = bcast(a);
+    for (int64_t p = 0; p < P; ++p) {
+      const T dx = d * xt[p];
+      const Vec dxv = bcast(dx);
+      const T* sp = s0 ? s0 + p * N : nullptr;
+      T* op = s1 ? s1 + p * N : nullptr;
+      Vec accv{};
+      int64_t n = 0;
+      for (; n + W <= N; n += W) {
+        Vec v = dxv * load(Bt + n);
+        if (sp) v += av * load(sp + n);
+        if (op) store(op + n, v);
+        accv += v * load(Ct + n);
+      }
+      T acc = hsum(accv);
+      for (; n < N; ++n) {
+        const T v = (sp ? a * sp[n] : T(0)) + dx * Bt[n];
+        if (op) op[n] = v;
+        acc += v * Ct[n];
+      }
+      yt[p] = acc + Dh * xt[p];
+    }
+    if (z) {
+      silu_row(z + r, gate, P);
+      for (int64_t p = 0; p < P; ++p) y[r + p] = yt[p] * gate[p];
+    } else if (y_pre) {
+      std::memcpy(y + r, yt, P * sizeof(T));
+    }
+  }
+
   // ---- backward ----
   // Pass 1 sweeps the state once per group of up to kGroup consecutive steps (never across a
   // checkpoint): within a group the operations are those of one step after another, in the same
@@ -683,30 +726,6 @@ struct Ssd {
     if (n == np) return src;
     std::memcpy(buf, src, n * sizeof(T));
     return buf;
-  }
-  // sum_i a[i] b[i] over n entries (a whole number of vectors): f32 products summed a few per
-  // lane, then the lanes in double.
-  static double dot_n(const T* a, const T* b, int64_t n) {
-    if constexpr (sizeof(T) == 4) {
-      Vec s0{}, s1{};
-      int64_t i = 0;
-      for (; i + 2 * W <= n; i += 2 * W) {
-        s0 += load(a + i) * load(b + i);
-        s1 += load(a + i + W) * load(b + i + W);
-      }
-      if (i < n) s0 += load(a + i) * load(b + i);
-      float lanes[W];
-      store(lanes, s0 + s1);
-      HalfF lo, hi;
-      std::memcpy(&lo, lanes, sizeof(lo));
-      std::memcpy(&hi, lanes + WD, sizeof(hi));
-      VecD d = __builtin_convertvector(lo, VecD) + __builtin_convertvector(hi, VecD);
-      double r = 0;
-      for (int l = 0; l < WD; ++l) r += d[l];
-      return r;
-    } else {
-      return dot_d(a, b, n);
-    }
   }
 
   // sum_p a[p] b[p] over the padded rows.
@@ -1007,6 +1026,13 @@ void run_forward(const SsdScanInputs& in, const SsdScanForward& f) {
   T* y = f.y.data_ptr<T>();
   T* y_pre = mut_or_null<T>(f.y_pre);
   T* fin = mut_or_null<T>(f.final_state);
+  if (k.L == 1) {
+    parallel_for(0, k.batch * k.H, 4, [&](int64_t i0, int64_t i1) {
+      Scratch<T> gate(k.Pp);
+      for (int64_t i = i0; i < i1; ++i) k.step_head(i / k.H, i % k.H, gate.get(), y, y_pre, fin);
+    });
+    return;
+  }
   parallel_for(0, k.batch * k.H, 1, [&](int64_t i0, int64_t i1) {
     Scratch<T> S(k.N * k.Pp), xs(k.Pp), ys(k.Pp), gate(k.Pp);
     typename Ssd<T>::Schedule sc(k.L);
@@ -1038,14 +1064,15 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
       std::fill(ex + bc + e0, ex + bc + e1, T(0));
     }
   });
-  // C . B of every (batch, step, group), shared by the group's heads.
+  // C . B of every (batch, step, group), shared by the group's heads; summed in double, as it
+  // can cancel and scales every head's dt gradient.
   std::vector<T> cb(static_cast<size_t>(k.batch * k.L * k.G));
   parallel_for(0, k.batch * k.L * k.G, 1024, [&](int64_t r0, int64_t r1) {
     Scratch<T> pb(k.Np), pc(k.Np);
     for (int64_t r = r0; r < r1; ++r) {
       const T* bt = Ssd<T>::padded(k.Bm + r * k.N, pb.get(), k.N, k.Np);
       const T* ct = Ssd<T>::padded(k.Cm + r * k.N, pc.get(), k.N, k.Np);
-      cb[r] = static_cast<T>(Ssd<T>::dot_n(ct, bt, k.Np));
+      cb[r] = static_cast<T>(dot_d(ct, bt, k.Np));
     }
   });
   std::vector<double> dA(pairs), dD(pairs), dbias(pairs);

@@ -238,9 +238,17 @@ const Flags kAllOn{true, true, true, true, true};
 TEST_SUITE("ops.ssd_scan") {
   TEST_CASE("forward, final state and every gradient match the float64 oracle") {
     manual_seed(1);
-    const Dims dims[] = {{2, 19, 3, 5, 1, 7},   {2, 19, 3, 5, 3, 7},    {1, 1, 3, 1, 3, 1},
-                         {2, 33, 4, 16, 2, 16}, {1, 24, 2, 80, 1, 136}, {1, 40, 2, 64, 1, 128},
-                         {2, 9, 2, 1, 1, 9},    {1, 12, 1, 7, 1, 1}};
+    const Dims dims[] = {{2, 19, 3, 5, 1, 7},
+                         {2, 19, 3, 5, 3, 7},
+                         {1, 1, 3, 1, 3, 1},
+                         {2, 33, 4, 16, 2, 16},
+                         {1, 24, 2, 80, 1, 136},
+                         {1, 40, 2, 64, 1, 128},
+                         {2, 9, 2, 1, 1, 9},
+                         {1, 12, 1, 7, 1, 1},
+                         // L = 1 (decoding's own path): whole SIMD vectors of N, and a tail
+                         {2, 1, 4, 16, 2, 32},
+                         {1, 1, 3, 5, 1, 37}};
     std::vector<Flags> flags = {Flags{}, kAllOn};
     for (int i = 0; i < 5; ++i) {
       Flags f;
