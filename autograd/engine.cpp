@@ -141,7 +141,8 @@ void run_backward(const TensorList& roots, const TensorList& root_grads, bool re
     if (!g.defined()) {
       COIL_CHECK(r.numel() == 1, "backward: grad can be implicitly created only for scalar ",
                  "outputs, got shape ", r.shape_str(), "; pass a gradient");
-      g = call1("ones", {}, {{"shape", r.sizes()}, {"dtype", r.dtype()}});
+      g = call1("ones", {},
+                {{"shape", r.sizes()}, {"dtype", r.dtype()}, {"device", r.device().str()}});
     }
     COIL_CHECK(g.sizes() == r.sizes(), "backward: gradient shape ", g.shape_str(),
                " does not match output shape ", r.shape_str());

@@ -19,6 +19,11 @@ class Allocator {
  public:
   virtual ~Allocator() = default;
   virtual void* allocate(size_t nbytes) = 0;
+  // On device `index` of the allocator's type (a GPU allocator overrides it; cpu has one).
+  virtual void* allocate_on(size_t nbytes, int index) {
+    (void)index;
+    return allocate(nbytes);
+  }
   virtual void deallocate(void* ptr, size_t nbytes) = 0;
   virtual AllocatorStats stats() const = 0;
   virtual void reset_peak() = 0;

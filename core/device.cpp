@@ -41,4 +41,17 @@ bool cuda_available() {
   }
 }
 
+namespace {
+CudaHooks g_cuda_hooks;
+}
+
+void set_cuda_hooks(const CudaHooks& h) { g_cuda_hooks = h; }
+const CudaHooks& cuda_hooks() { return g_cuda_hooks; }
+
+int cuda_device_count() { return g_cuda_hooks.device_count ? g_cuda_hooks.device_count() : 0; }
+
+void synchronize(Device d) {
+  if (d.is_cuda() && g_cuda_hooks.synchronize) g_cuda_hooks.synchronize(d);
+}
+
 }  // namespace coil

@@ -1,5 +1,6 @@
-// Devices: cpu and cuda:N. CUDA kernels come with the CUDA backend; until a build has it,
-// asking for a cuda tensor is a clear error.
+// Devices: cpu and cuda:N. CUDA kernels come with the CUDA backend (core/cuda/, ops/cuda/,
+// built when CMake finds the toolkit); in a build without it, asking for a cuda tensor is a clear
+// error.
 #pragma once
 #include <ostream>
 #include <string>
@@ -26,5 +27,20 @@ inline std::ostream& operator<<(std::ostream& os, const Device& d) { return os <
 
 // True when this build has a CUDA backend registered (filled in by the CUDA layer).
 bool cuda_available();
+// GPUs this process can use: 0 without a CUDA backend, without a driver or without a GPU.
+int cuda_device_count();
+
+// What the CUDA backend (core/cuda/) registers at start-up: the calls core needs that involve a
+// GPU. Copies are synchronous: when they return, the bytes are at dst.
+struct CudaHooks {
+  int (*device_count)() = nullptr;
+  void (*copy_bytes)(void* dst, Device dst_device, const void* src, Device src_device,
+                     size_t nbytes) = nullptr;
+  void (*synchronize)(Device d) = nullptr;
+};
+void set_cuda_hooks(const CudaHooks& h);
+const CudaHooks& cuda_hooks();  // every member null without a CUDA backend
+// Waits for all work queued on d (a no-op on cpu).
+void synchronize(Device d);
 
 }  // namespace coil

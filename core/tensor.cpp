@@ -8,7 +8,7 @@
 namespace coil {
 
 StorageImpl::StorageImpl(size_t n, Device d) : nbytes(n), device(d) {
-  data = get_allocator(d.type)->allocate(n);
+  data = get_allocator(d.type)->allocate_on(n, d.index);
 }
 StorageImpl::StorageImpl(void* external, size_t n, Device d)
     : data(external), nbytes(n), device(d), owned(false) {}

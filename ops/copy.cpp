@@ -46,11 +46,24 @@ Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
 Tensor Tensor::clone() const { return coil::clone(*this); }
 Tensor Tensor::contiguous() const { return coil::contiguous(*this); }
 Tensor Tensor::to(DType t) const { return to_dtype(*this, t); }
+// Between devices: the bytes of a contiguous copy, through the CUDA backend's hook; the gradient
+// goes back the same way.
 Tensor Tensor::to(Device d) const {
   if (d == device()) return *this;
-  COIL_CHECK(d.is_cpu() || cuda_available(),
-             "to: this build of coil has no CUDA backend; cannot move ", "a tensor to ", d);
-  fail("to: copies between ", device(), " and ", d, " need the CUDA backend");
+  COIL_CHECK(cuda_available(), "to: this build of coil has no CUDA backend; cannot move ",
+             "a tensor from ", device(), " to ", d);
+  COIL_CHECK(!is_distributed(), "to: a DTensor moves with its mesh, not alone (", device(), " to ",
+             d, ")");
+  Tensor src = coil::contiguous(*this);
+  Tensor out = empty(sizes(), Options(dtype(), d));
+  if (numel() > 0)
+    cuda_hooks().copy_bytes(out.raw_data(), d, src.raw_data(), src.device(), src.nbytes());
+  if (needs_grad({this})) {
+    const Device from = device();
+    record("to_device", {*this}, {out},
+           [from](const TensorList& g) { return TensorList{g[0].to(from)}; });
+  }
+  return out;
 }
 
 Tensor& Tensor::copy_(const Tensor& src) {

@@ -161,7 +161,11 @@ Tensor gc_rand(const Shape& s, double lo, double hi, bool requires_grad) {
 
 namespace {
 void register_creation() {
-  auto shape_opts = [](const Attrs& a) { return Options(attr_or<DType>(a, "dtype", kF32)); };
+  auto shape_opts = [](const Attrs& a) {
+    Options o(attr_or<DType>(a, "dtype", kF32));
+    o.device = Device(attr_or<std::string>(a, "device", "cpu"));  // "cpu", "cuda:N"
+    return o;
+  };
   {
     OpInfo& o = register_op("zeros", "creation");
     o.differentiable = false;

@@ -4,34 +4,9 @@
 #include <cstdint>
 
 #include "../../core/tensor.h"
+#include "../kernel_ops.h"
 
 namespace coil {
-
-enum class UnaryOp : int {
-  neg,
-  exp,
-  log,
-  log1p,
-  sqrt,
-  rsqrt,
-  abs,
-  tanh,
-  sigmoid,
-  silu,
-  softplus,
-  gelu,
-  relu,
-  pow,
-  clamp,
-  square,
-  sign,
-  reciprocal,
-  isfinite,
-  logical_not,
-  erf
-};
-enum class BinaryOp : int { add, sub, mul, div, pow, maximum, minimum, eq, ne, lt, le, gt, ge };
-enum class ReduceOp : int { sum, prod, max, min, argmax, argmin, logsumexp, any_nonfinite };
 
 // out = f(in); p0, p1 carry pow's exponent, clamp's bounds, softplus's beta and threshold,
 // gelu's approximate flag. in has out's compute dtype (or any, for isfinite/logical_not).
@@ -92,7 +67,6 @@ void dispatch_dtype(DType t, const char* op, F&& f) {
 
 namespace coil {
 struct PhiloxDraw;
-enum class RandomKind : int { uniform, normal, randint, bernoulli };
 // Fills contiguous `out` with elements first .. first + numel - 1 of the draw at (seed, offset):
 // element e uses Philox counter offset + e (normal: offset + e / 2, the pair's cos or sin).
 using RandomKernel = void (*)(RandomKind kind, const Tensor& out, double a, double b, uint64_t seed,
@@ -104,7 +78,6 @@ void random_kernel(RandomKind kind, const Tensor& out, double a, double b, uint6
 }  // namespace coil
 
 namespace coil {
-enum class ScanOp : int { cumsum, cumprod, cumprod_grad };
 // `in` (and `aux`) contiguous, viewed as [outer, n, inner]; scans along n into contiguous out.
 // cumprod_grad: in = x, aux = grad of cumprod(x); out = grad of x (exact with zeros).
 using ScanKernel = void (*)(ScanOp op, const Tensor& out, const Tensor& in, const Tensor& aux,

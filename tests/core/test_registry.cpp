@@ -61,9 +61,12 @@ TEST_SUITE("registry") {
         CHECK_MESSAGE(op->has_kernel(kCPU), "op '" << op->name << "' has no CPU kernel");
       if (op->differentiable && !op->gradcheck) missing(op->name, "gradcheck");
       if (!op->sharding_rule.has_value()) missing(op->name, "sharding_rule");
-      if (!op->composite && !op->has_kernel(kCUDA)) missing(op->name, "cuda_kernel");
+      // A build without the CUDA backend has no CUDA column to check (CI builds with it).
+      if (cuda_available() && !op->composite && !op->has_kernel(kCUDA))
+        missing(op->name, "cuda_kernel");
     }
     for (auto& [key, was_used] : used) {
+      if (key.second == "cuda_kernel" && !cuda_available()) continue;
       CHECK_MESSAGE(names.count(key.first),
                     "registry_pending.txt names op '" << key.first << "', which does not exist");
       CHECK_MESSAGE(was_used, "registry_pending.txt says '"

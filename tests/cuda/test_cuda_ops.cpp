@@ -1,0 +1,335 @@
+// The CUDA backend against the CPU: every op with a CUDA kernel runs on both devices on the same
+// values (odd sizes, non-contiguous and broadcast operands, every dtype the op takes), and the
+// results must agree: f32 within 1e-5 relative (plus a tiny absolute floor for values near 0),
+// f64 within 1e-12, exact for integers, bools and copies. Runs only where a GPU is usable
+// (tests/main.cpp skips the suite otherwise).
+#include "../test_util.h"
+
+using namespace coil;
+
+namespace {
+
+const Device kGpu(kCUDA, 0);
+
+double tol_for(DType t) { return t == kF64 ? 1e-12 : t == kF32 ? 1e-5 : 0.0; }
+
+// got (on the GPU) against ref (computed on the CPU): same shape and dtype; values equal when
+// rtol is 0, else within rtol normwise (||got - ref|| / ||ref||: a GEMM or a reduction sums in
+// another order, so single elements that cancel may differ by more) and within rtol of the
+// largest |ref| elementwise.
+void check_same(const Tensor& got, const Tensor& ref, const std::string& what, double rtol = -1) {
+  CAPTURE(what);
+  REQUIRE(got.device().is_cuda());
+  CHECK(got.sizes() == ref.sizes());
+  CHECK(got.dtype() == ref.dtype());
+  const double r = rtol >= 0 ? rtol : tol_for(ref.dtype());
+  const Tensor host = got.to(Device(kCPU));
+  if (r == 0) {
+    ct::check_close(host, ct::vals(ref), 0, 0, what);
+    return;
+  }
+  std::vector<double> rv = ct::vals(ref);
+  double big = 0;
+  for (double v : rv)
+    if (std::isfinite(v)) big = std::max(big, std::fabs(v));
+  const double e = ct::rel_error(host, ref);
+  CHECK_MESSAGE(e <= r, what << ": normwise error " << e);
+  ct::check_close(host, rv, r, r * big, what);
+}
+
+Tensor gpu(const Tensor& t) { return t.to(kGpu); }
+
+}  // namespace
+
+TEST_SUITE("cuda") {
+  TEST_CASE("tensors move to the GPU and back unchanged, in every dtype and layout") {
+    manual_seed(1);
+    for (DType t : {kF32, kF64, kBF16, kF16, kI32, kI64, kBool})
+      for (Shape s : {Shape{}, Shape{0}, Shape{7}, Shape{37, 129}, Shape{1000003}}) {
+        CAPTURE(t);
+        CAPTURE(shape_str(s));
+        Tensor x = ct::rnd(s, kF64, -50, 50, /*noncontig=*/s.size() == 2).to(t);
+        Tensor g = x.to(kGpu);
+        CHECK(g.device() == kGpu);
+        CHECK(g.is_contiguous());
+        CHECK(ct::vals(g.to(Device(kCPU))) == ct::vals(x));
+      }
+    // allocations are cached: a second tensor of the size reuses the block
+    empty_cache(kGpu);
+    const AllocatorStats before = memory_stats(kGpu);
+    { Tensor a = zeros({1 << 20}, Options(kF32, kGpu)); }
+    { Tensor b = zeros({1 << 20}, Options(kF32, kGpu)); }
+    const AllocatorStats after = memory_stats(kGpu);
+    CHECK(after.num_system_allocs - before.num_system_allocs == 1);
+    CHECK(after.bytes_in_use == before.bytes_in_use);
+    CHECK(after.peak_bytes_in_use >= before.bytes_in_use + (int64_t(4) << 20));
+  }
+
+  TEST_CASE("unary ops") {
+    manual_seed(2);
+    struct U {
+      const char* name;
+      std::function<Tensor(const Tensor&)> f;
+      double lo, hi;
+    };
+    const std::vector<U> ops = {
+        {"neg", [](const Tensor& x) { return neg(x); }, -3, 3},
+        {"exp", [](const Tensor& x) { return exp(x); }, -3, 3},
+        {"log", [](const Tensor& x) { return log(x); }, 0.1, 5},
+        {"log1p", [](const Tensor& x) { return log1p(x); }, -0.5, 5},
+        {"sqrt", [](const Tensor& x) { return sqrt(x); }, 0, 5},
+        {"rsqrt", [](const Tensor& x) { return rsqrt(x); }, 0.1, 5},
+        {"abs", [](const Tensor& x) { return abs(x); }, -3, 3},
+        {"tanh", [](const Tensor& x) { return tanh(x); }, -3, 3},
+        {"sigmoid", [](const Tensor& x) { return sigmoid(x); }, -6, 6},
+        {"silu", [](const Tensor& x) { return silu(x); }, -6, 6},
+        {"softplus", [](const Tensor& x) { return softplus(x); }, -30, 30},
+        {"gelu", [](const Tensor& x) { return gelu(x); }, -4, 4},
+        {"relu", [](const Tensor& x) { return relu(x); }, -3, 3},
+        {"pow", [](const Tensor& x) { return pow(x, 2.5); }, 0, 3},
+        {"clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.7); }, -3, 3},
+        {"square", [](const Tensor& x) { return square(x); }, -3, 3},
+        {"sign", [](const Tensor& x) { return sign(x); }, -3, 3},
+        {"reciprocal", [](const Tensor& x) { return reciprocal(x); }, 0.2, 3},
+        {"erf", [](const Tensor& x) { return erf(x); }, -3, 3},
+    };
+    for (const U& u : ops)
+      for (DType t : {kF32, kF64, kBF16}) {
+        Tensor x = ct::rnd({37, 129}, t, u.lo, u.hi, /*noncontig=*/true);
+        Tensor ref = u.f(x);
+        // bf16 results are rounded from f32 on both sides: one bf16 step apart at most
+        check_same(u.f(gpu(x)), ref, std::string(u.name) + " " + dtype_name(t),
+                   t == kBF16 ? 1e-2 : -1);
+      }
+    Tensor xi = ct::rnd({5, 9}, kF64, -9, 9).to(kI64);
+    for (auto f : {+[](const Tensor& x) { return neg(x); }, +[](const Tensor& x) { return abs(x); },
+                   +[](const Tensor& x) { return square(x); },
+                   +[](const Tensor& x) { return clamp(x, -2, 3); }})
+      check_same(f(gpu(xi)), f(xi), "integer unary");
+    Tensor special = tensor(std::vector<float>{1.f, NAN, INFINITY, -INFINITY, 0.f}, {5});
+    check_same(isfinite(gpu(special)), isfinite(special), "isfinite");
+    check_same(logical_not(gpu(special)), logical_not(special), "logical_not");
+  }
+
+  TEST_CASE("binary ops broadcast, compare and promote as on the CPU") {
+    manual_seed(3);
+    for (DType t : {kF32, kF64, kI32, kI64}) {
+      CAPTURE(t);
+      Tensor a = ct::rnd({37, 1, 5}, kF64, 1, 9).to(t);
+      Tensor b = ct::rnd({1, 129, 5}, kF64, 1, 9, /*noncontig=*/true).to(t);
+      const Tensor ga = gpu(a), gb = gpu(b);
+      check_same(add(ga, gb, 2), add(a, b, 2), "add");
+      check_same(sub(ga, gb), sub(a, b), "sub");
+      check_same(ga * gb, a * b, "mul");
+      check_same(maximum(ga, gb), maximum(a, b), "maximum");
+      check_same(minimum(ga, gb), minimum(a, b), "minimum");
+      check_same(ga / gb, a / b, "div (integers give f32)");
+      for (auto cmp : {+[](const Tensor&x, const Tensor&y) { return eq(x, y); },
+                       +[](const Tensor&x, const Tensor&y) { return ne(x, y); },
+                       +[](const Tensor&x, const Tensor&y) { return lt(x, y); },
+                       +[](const Tensor&x, const Tensor&y) { return le(x, y); },
+                       +[](const Tensor&x, const Tensor&y) { return gt(x, y); },
+                       +[](const Tensor&x, const Tensor&y) { return ge(x, y); }})
+        check_same(cmp(ga, gb), cmp(a, b), "compare");
+    }
+    Tensor a = ct::rnd({64, 33}, kF32), b = ct::rnd({33}, kF64);
+    check_same(pow(gpu(a).abs(), gpu(b)), pow(a.abs(), b), "pow f32 ^ f64 promotes");
+    Tensor m = ct::rnd({64, 33}) > 0, n = ct::rnd({64, 33}) > 0;
+    check_same(logical_and(gpu(m), gpu(n)), logical_and(m, n), "logical_and");
+    check_same(logical_or(gpu(m), gpu(n)), logical_or(m, n), "logical_or");
+    Tensor c = ct::rnd({64, 33}), g = gpu(c);
+    c.add_(a, 0.5);
+    g.add_(gpu(a), 0.5);
+    check_same(g, c, "add_ in place");
+    check_same(where(gpu(m), gpu(a), gpu(c)), where(m, a, c), "where");
+  }
+
+  TEST_CASE("copies between dtypes and layouts, fill_") {
+    manual_seed(4);
+    Tensor x = ct::rnd({65, 31}, kF32, -300, 300, /*noncontig=*/true);
+    for (DType t : {kF64, kBF16, kF16, kI32, kI64, kBool})
+      check_same(gpu(x).to(t), x.to(t), std::string("to ") + dtype_name(t), 0);
+    Tensor g = gpu(x);
+    check_same(g.transpose(0, 1).contiguous(), x.transpose(0, 1).contiguous(), "contiguous", 0);
+    check_same(g.narrow(1, 3, 7).clone(), x.narrow(1, 3, 7).clone(), "clone of a slice", 0);
+    Tensor dst = zeros({31, 65}, Options(kF64, kGpu));
+    dst.copy_(g.transpose(0, 1));
+    check_same(dst, x.transpose(0, 1).to(kF64), "copy_ with a dtype change", 0);
+    Tensor f = empty({17, 3}, Options(kBF16, kGpu));
+    f.fill_(1.5);
+    check_same(f, full({17, 3}, 1.5, Options(kBF16)), "fill_", 0);
+    ct::check_error([&] { dst.copy_(x.transpose(0, 1)); }, {"copy_", "cpu", "cuda:0"});
+  }
+
+  TEST_CASE("reductions and softmax") {
+    manual_seed(5);
+    for (DType t : {kF32, kF64}) {
+      CAPTURE(t);
+      Tensor x = ct::rnd({23, 300, 7}, t, -4, 4, /*noncontig=*/true);
+      Tensor g = gpu(x);
+      for (int64_t d : {0, 1, 2}) {
+        CAPTURE(d);
+        check_same(g.sum({d}), x.sum({d}), "sum");
+        check_same(amax(g, {d}), amax(x, {d}), "amax");
+        check_same(logsumexp(g, {d}), logsumexp(x, {d}), "logsumexp");
+        check_same(softmax(g, d), softmax(x, d), "softmax");
+        check_same(log_softmax(g, d), log_softmax(x, d), "log_softmax");
+        check_same(g.argmax(d), x.argmax(d), "argmax", 0);
+        check_same(argmin(g, d), argmin(x, d), "argmin", 0);
+      }
+      check_same(g.sum(), x.sum(), "sum of all");
+    }
+    // NaN wins max and its index is the first NaN's; ties keep the first index
+    Tensor v = tensor(std::vector<float>{1, 5, NAN, 5, NAN, 2}, {1, 6});
+    check_same(gpu(v).argmax(1), v.argmax(1), "argmax with NaN", 0);
+    Tensor w = tensor(std::vector<float>{1, 5, 3, 5}, {1, 4});
+    check_same(gpu(w).argmax(1), w.argmax(1), "argmax tie", 0);
+    Tensor ints = ct::rnd({40, 50}, kF64, -100, 100).to(kI64);
+    check_same(gpu(ints).sum({1}), ints.sum({1}), "integer sum", 0);
+    CHECK(has_nonfinite(gpu(v)));
+    CHECK(!has_nonfinite(gpu(w)));
+  }
+
+  TEST_CASE("matmul through cuBLAS: transposed operands and broadcast batches") {
+    manual_seed(6);
+    for (DType t : {kF32, kF64}) {
+      CAPTURE(t);
+      Tensor a = ct::rnd({3, 33, 65}, t), b = ct::rnd({65, 17}, t);
+      check_same(matmul(gpu(a), gpu(b)), matmul(a, b), "batched @ broadcast matrix");
+      Tensor at = ct::rnd({3, 65, 33}, t).transpose(1, 2), bt = ct::rnd({3, 17, 65}, t);
+      check_same(matmul(gpu(at), gpu(bt).transpose(1, 2)), matmul(at, bt.transpose(1, 2)),
+                 "both transposed");
+      Tensor s = ct::rnd({65, 33}, t, -2, 2, /*noncontig=*/true).narrow(0, 0, 64);
+      check_same(matmul(gpu(s).narrow(1, 0, 32), gpu(b).narrow(0, 0, 32)),
+                 matmul(s.narrow(1, 0, 32), b.narrow(0, 0, 32)), "strided slices");
+    }
+    ct::check_error(
+        [] {
+          matmul(gpu(ones({2, 2}, kI64)), gpu(ones({2, 2}, kI64)));
+        },
+        {"bmm", "cuda"});
+  }
+
+  TEST_CASE("gradients on the GPU equal the CPU's") {
+    manual_seed(7);
+    Tensor x = ct::rnd({16, 24}, kF64), w = ct::rnd({24, 10}, kF64), tgt = ct::rnd({16, 10}, kF64);
+    auto loss = [&](const Tensor& xx, const Tensor& ww, const Tensor& tt) {
+      Tensor h = tanh(matmul(xx, ww)) * 2.0 + sigmoid(xx.sum({1}, true));
+      return (log_softmax(h, 1) * softmax(tt, 1)).sum() + square(amax(h, {0})).sum();
+    };
+    Tensor xc = x.detach().requires_grad_(), wc = w.detach().requires_grad_();
+    loss(xc, wc, tgt).backward();
+    Tensor xg = gpu(x).detach().requires_grad_(), wg = gpu(w).detach().requires_grad_();
+    loss(xg, wg, gpu(tgt)).backward();
+    check_same(xg.grad(), xc.grad(), "dx");
+    check_same(wg.grad(), wc.grad(), "dw");
+    // the gradient of to(cuda) goes back to the cpu
+    Tensor leaf = x.detach().requires_grad_();
+    (leaf.to(kGpu) * 3.0).sum().backward();
+    CHECK(leaf.grad().device().is_cpu());
+    ct::check_close(leaf.grad(), std::vector<double>(x.numel(), 3.0), 0, 0);
+  }
+
+  TEST_CASE("device mistakes are errors naming the devices") {
+    Tensor a = ones({3}), g = ones({3}, Options(kF32, kGpu));
+    ct::check_error([&] { add(a, g); }, {"add", "cpu", "cuda:0"});
+    ct::check_error([&] { a.to(Device(kCUDA, 63)); }, {"cuda:63"});
+  }
+
+  TEST_CASE("indexing: embedding, index_select, index_add, gather, scatter_add, one_hot") {
+    manual_seed(8);
+    Tensor w = ct::rnd({50, 7}, kF32);
+    Tensor ids = randint(0, 50, {6, 9});
+    check_same(embedding(gpu(w), gpu(ids)), embedding(w, ids), "embedding", 0);
+    Tensor idx = tensor(std::vector<int64_t>{3, 0, 3, 9, 3}, {5});
+    Tensor x = ct::rnd({4, 10, 6}, kF64), src = ct::rnd({4, 5, 6}, kF64);
+    check_same(index_select(gpu(x), 1, gpu(idx)), index_select(x, 1, idx), "index_select", 0);
+    check_same(index_add(gpu(x), 1, gpu(idx), gpu(src), 0.5), index_add(x, 1, idx, src, 0.5),
+               "index_add (duplicates)");
+    Tensor gi = randint(0, 10, {4, 5, 6});
+    check_same(gather(gpu(x), 1, gpu(gi)), gather(x, 1, gi), "gather", 0);
+    check_same(scatter_add(gpu(x), 1, gpu(gi), gpu(src)), scatter_add(x, 1, gi, src),
+               "scatter_add");
+    Tensor ii = randint(-3, 3, {5, 6}).to(kI32);
+    check_same(index_add(gpu(ii), 0, gpu(idx.narrow(0, 0, 2)), gpu(ii.narrow(0, 0, 2))),
+               index_add(ii, 0, idx.narrow(0, 0, 2), ii.narrow(0, 0, 2)), "integer index_add");
+    check_same(one_hot(gpu(ids), 50), one_hot(ids, 50), "one_hot", 0);
+    // the embedding's gradient adds rows of repeated ids (index_add on the GPU)
+    Tensor wc = w.detach().requires_grad_(), wg = gpu(w).detach().requires_grad_();
+    Tensor g = ct::rnd({6, 9, 7}, kF32);
+    (embedding(wc, ids) * g).sum().backward();
+    (embedding(wg, gpu(ids)) * gpu(g)).sum().backward();
+    check_same(wg.grad(), wc.grad(), "embedding gradient");
+    // a bad index is an error naming the op and the value, as on the CPU
+    Tensor bad = tensor(std::vector<int64_t>{1, 57}, {2});
+    ct::check_error([&] { embedding(gpu(w), gpu(bad)); }, {"embedding", "57", "size 50"});
+    ct::check_error([&] { one_hot(gpu(bad), 50); }, {"one_hot", "57"});
+  }
+
+  TEST_CASE("cumulative sums and products, forward and backward") {
+    manual_seed(9);
+    Tensor x = ct::rnd({5, 33, 4}, kF64, 0.5, 1.5, /*noncontig=*/true);
+    for (int64_t d : {0, 1, 2}) {
+      check_same(cumsum(gpu(x), d), cumsum(x, d), "cumsum");
+      check_same(cumsum(gpu(x), d, /*reverse=*/true), cumsum(x, d, true), "reverse cumsum");
+      check_same(cumprod(gpu(x), d), cumprod(x, d), "cumprod");
+    }
+    Tensor xc = x.detach().requires_grad_(), xg = gpu(x).detach().requires_grad_();
+    (cumprod(xc, 1) * x).sum().backward();
+    (cumprod(xg, 1) * gpu(x)).sum().backward();
+    check_same(xg.grad(), xc.grad(), "cumprod gradient");
+    Tensor ints = randint(-5, 5, {7, 11});
+    check_same(cumsum(gpu(ints), 1), cumsum(ints, 1), "integer cumsum", 0);
+  }
+
+  TEST_CASE("random draws are the CPU's, element for element") {
+    auto both = [](auto draw, const char* what, double rtol) {
+      manual_seed(123);
+      Tensor c = draw(Device(kCPU));
+      manual_seed(123);
+      Tensor g = draw(kGpu);
+      check_same(g, c, what, rtol);
+      // and the generator moved on by the same amount
+      manual_seed(123);
+      draw(Device(kCPU));
+      const RngState a = get_rng_state();
+      manual_seed(123);
+      draw(kGpu);
+      const RngState b = get_rng_state();
+      CHECK(a.offset == b.offset);
+    };
+    both([](Device d) { return rand({1001, 3}, Options(kF32, d)); }, "rand", 0);
+    both([](Device d) { return rand({77}, Options(kF64, d)); }, "rand f64", 0);
+    both([](Device d) { return randint(-7, 90, {333}, Options(kI64, d)); }, "randint", 0);
+    both([](Device d) { return randn({1001}, Options(kF64, d)); }, "randn f64", 1e-14);
+    both([](Device d) { return randn({999}, Options(kF32, d)); }, "randn f32", 1e-6);
+    both(
+        [](Device d) {
+          Tensor t = empty({513}, Options(kF32, d));
+          bernoulli_(t, 0.3);
+          return t;
+        },
+        "bernoulli_", 0);
+    both(
+        [](Device d) {
+          Tensor x = ones({40, 31}, Options(kF32, d));
+          return dropout(x, 0.25);
+        },
+        "dropout", 0);
+  }
+
+  TEST_CASE("grouped_mm: groups of rows, empty groups, and its gradients") {
+    manual_seed(10);
+    Tensor x = ct::rnd({37, 16}, kF64), w = ct::rnd({4, 16, 9}, kF64);
+    Tensor offsets = tensor(std::vector<int64_t>{0, 10, 10, 30, 37}, {5});
+    Tensor xc = x.detach().requires_grad_(), wc = w.detach().requires_grad_();
+    Tensor xg = gpu(x).detach().requires_grad_(), wg = gpu(w).detach().requires_grad_();
+    Tensor yc = grouped_mm(xc, wc, offsets), yg = grouped_mm(xg, wg, offsets);
+    check_same(yg, yc, "grouped_mm");
+    Tensor g = ct::rnd({37, 9}, kF64);
+    (yc * g).sum().backward();
+    (yg * gpu(g)).sum().backward();
+    check_same(xg.grad(), xc.grad(), "grouped_mm dx");
+    check_same(wg.grad(), wc.grad(), "grouped_mm dw (the empty group's is zero)");
+  }
+}
