@@ -159,6 +159,16 @@ void Module::to(DType dtype) {
   });
 }
 
+void Module::to(Device device) {
+  NoGradGuard no_grad;
+  replace_tensors([device](const std::string&, const Tensor& t) {
+    if (t.device() == device) return t;
+    Tensor c = t.to(device);
+    if (t.requires_grad()) c.requires_grad_(true);
+    return c;
+  });
+}
+
 void Module::zero_grad() {
   for (auto& p : parameters()) p.set_grad(Tensor());
 }

@@ -48,6 +48,9 @@ class Module : public std::enable_shared_from_this<Module> {
   bool is_training() const { return training_; }
   // Converts floating parameters and buffers; tied tensors stay tied.
   void to(DType dtype);
+  // Moves every parameter and buffer to `device` (tied tensors stay tied), as torch's
+  // module.to(device). Optimizers built before the move hold the old tensors: build them after.
+  void to(Device device);
   // Replaces every parameter and buffer by fn(name, tensor); a tensor registered under several
   // names (a tied head) is replaced once, under its first name, and stays shared. How to(dtype)
   // and nn::parallelize_module swap the tensors the layers hold.

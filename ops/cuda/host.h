@@ -58,6 +58,9 @@ class BadIndexFlag {
   Tensor t_;
 };
 
+// fill_'s CUDA kernel, for the host code that zeroes its outputs.
+void fill(const Tensor& out, double value);
+
 template <class Fn>
 void set_cuda(std::initializer_list<const char*> names, Fn* fn) {
   for (const char* name : names) op_row(name).set_kernel(kCUDA, fn);

@@ -221,4 +221,7 @@ void register_kernels() {
 const OpRegistrar g_registrar(&register_kernels);
 
 }  // namespace
+
+void fill(const Tensor& out, double value) { fill_kernel(out, value); }
+
 }  // namespace coil::cuda

@@ -106,9 +106,9 @@ void launch_conv_forward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, v
                          const void* x, const void* w, const void* bias, const void* window,
                          bool silu, cudaStream_t s);
 // ds (B, L, C) scratch; dw, dbias written whole (may be null), dwindow (may be null)
-void launch_conv_backward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* dx,
-                          void* dw, void* dbias, void* dwindow, void* ds, const void* dy,
-                          const void* x, const void* w, const void* bias, const void* window,
-                          bool silu, cudaStream_t s);
+void launch_conv_backward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* dx, void* dw,
+                          void* dbias, void* dwindow, void* ds, const void* dy, const void* x,
+                          const void* w, const void* bias, const void* window, bool silu,
+                          cudaStream_t s);
 
 }  // namespace coil::cuda

@@ -332,4 +332,146 @@ TEST_SUITE("cuda") {
     check_same(xg.grad(), xc.grad(), "grouped_mm dx");
     check_same(wg.grad(), wc.grad(), "grouped_mm dw (the empty group's is zero)");
   }
+
+  TEST_CASE("causal_conv1d with a window and silu, and its gradients") {
+    manual_seed(11);
+    for (DType t : {kF64, kF32}) {
+      CAPTURE(t);
+      Tensor x = ct::rnd({3, 37, 10}, t), w = ct::rnd({10, 4}, t), b = ct::rnd({10}, t);
+      Tensor win = ct::rnd({3, 3, 10}, t), dy = ct::rnd({3, 37, 10}, t);
+      TensorList cpu_in{x, w, b, win}, gpu_in;
+      for (Tensor& v : cpu_in) v = v.detach().requires_grad_();
+      for (const Tensor& v : cpu_in) gpu_in.push_back(gpu(v).detach().requires_grad_());
+      auto run = [&](const TensorList& in, const Tensor& g) {
+        CausalConv1dOptions o;
+        o.bias = in[2];
+        o.initial_window = in[3];
+        Tensor y = causal_conv1d(in[0], in[1], o).first;
+        (y * g).sum().backward();
+        return y;
+      };
+      check_same(run(gpu_in, gpu(dy)), run(cpu_in, dy), "causal_conv1d");
+      const char* names[] = {"dx", "dw", "dbias", "dwindow"};
+      for (int i = 0; i < 4; ++i) check_same(gpu_in[i].grad(), cpu_in[i].grad(), names[i]);
+    }
+  }
+
+  TEST_CASE("selective_scan and ssd_scan, every option, and every gradient") {
+    manual_seed(12);
+    for (DType t : {kF64, kF32}) {
+      CAPTURE(t);
+      // Mamba-1: dim 12 in 2 groups, N 40 (two states per lane), L 150 (three checkpoints)
+      {
+        const int64_t Bt = 2, L = 150, D = 12, N = 40, G = 2;
+        TensorList in{
+            ct::rnd({Bt, L, D}, t),    ct::rnd({Bt, L, D}, t, -3, 1), -ct::rnd({D, N}, t, 0.2, 2),
+            ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t),     ct::rnd({D}, t),
+            ct::rnd({Bt, L, D}, t),    ct::rnd({D}, t, -1, 1),        ct::rnd({Bt, D, N}, t)};
+        TensorList gin;
+        for (Tensor& v : in) v = v.detach().requires_grad_();
+        for (const Tensor& v : in) gin.push_back(gpu(v).detach().requires_grad_());
+        Tensor dy = ct::rnd({Bt, L, D}, t), dfin = ct::rnd({Bt, D, N}, t);
+        auto run = [&](const TensorList& v, const Tensor& g, const Tensor& gf) {
+          SelectiveScanOptions o;
+          o.D = v[5];
+          o.z = v[6];
+          o.delta_bias = v[7];
+          o.initial_state = v[8];
+          o.delta_softplus = true;
+          o.return_final_state = true;
+          auto [y, fin] = selective_scan(v[0], v[1], v[2], v[3], v[4], o);
+          ((y * g).sum() + (fin * gf).sum()).backward();
+          return std::make_pair(y, fin);
+        };
+        auto rc = run(in, dy, dfin);
+        auto rg = run(gin, gpu(dy), gpu(dfin));
+        check_same(rg.first, rc.first, "selective_scan y", t == kF32 ? 2e-5 : -1);
+        check_same(rg.second, rc.second, "selective_scan final state", t == kF32 ? 2e-5 : -1);
+        const char* names[] = {"du", "ddelta", "dA",          "dB",   "dC",
+                               "dD", "dz",     "ddelta_bias", "dinit"};
+        for (int i = 0; i < 9; ++i)
+          check_same(gin[i].grad(), in[i].grad(), names[i], t == kF32 ? 1e-4 : 1e-10);
+      }
+      // Mamba-2: 4 heads of 8 in 2 groups, N 64, L 100
+      {
+        const int64_t Bt = 2, L = 100, H = 4, P = 8, N = 64, G = 2;
+        TensorList in{
+            ct::rnd({Bt, L, H, P}, t), ct::rnd({Bt, L, H}, t, -3, 1), -ct::rnd({H}, t, 0.2, 2),
+            ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t),     ct::rnd({H}, t),
+            ct::rnd({Bt, L, H, P}, t), ct::rnd({H}, t, -1, 1),        ct::rnd({Bt, H, P, N}, t)};
+        TensorList gin;
+        for (Tensor& v : in) v = v.detach().requires_grad_();
+        for (const Tensor& v : in) gin.push_back(gpu(v).detach().requires_grad_());
+        Tensor dy = ct::rnd({Bt, L, H, P}, t), dfin = ct::rnd({Bt, H, P, N}, t);
+        auto run = [&](const TensorList& v, const Tensor& g, const Tensor& gf) {
+          SsdScanOptions o;
+          o.D = v[5];
+          o.z = v[6];
+          o.dt_bias = v[7];
+          o.initial_state = v[8];
+          o.dt_softplus = true;
+          o.return_final_state = true;
+          auto [y, fin] = ssd_scan(v[0], v[1], v[2], v[3], v[4], 16, o);
+          ((y * g).sum() + (fin * gf).sum()).backward();
+          return std::make_pair(y, fin);
+        };
+        auto rc = run(in, dy, dfin);
+        auto rg = run(gin, gpu(dy), gpu(dfin));
+        check_same(rg.first, rc.first, "ssd_scan y", t == kF32 ? 2e-5 : -1);
+        check_same(rg.second, rc.second, "ssd_scan final state", t == kF32 ? 2e-5 : -1);
+        const char* names[] = {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"};
+        for (int i = 0; i < 9; ++i)
+          check_same(gin[i].grad(), in[i].grad(), names[i], t == kF32 ? 1e-4 : 1e-10);
+      }
+    }
+  }
+
+  TEST_CASE("20 training steps of a Mamba and a Mamba-2 LM on the GPU give the CPU's losses") {
+    for (const std::string mixer : {"mamba", "mamba2"}) {
+      CAPTURE(mixer);
+      nn::MambaConfig c;
+      c.model_type = mixer;
+      c.vocab_size = 64;
+      c.hidden_size = 64;
+      c.num_hidden_layers = 2;
+      c.state_size = 16;
+      if (mixer == "mamba2") {
+        c.num_heads = 8;
+        c.head_dim = 16;
+        c.n_groups = 1;
+        c.chunk_size = 16;
+      }
+      c.pad_vocab_size_multiple = 1;
+      manual_seed(13);
+      auto cpu_model = std::make_shared<nn::MambaLM>(c);
+      manual_seed(13);
+      auto gpu_model = std::make_shared<nn::MambaLM>(c);
+      gpu_model->to(kGpu);
+      optim::AdamW oc(cpu_model->parameters()), og(gpu_model->parameters());
+      manual_seed(14);
+      double worst = 0;
+      for (int step = 0; step < 20; ++step) {
+        Tensor ids = randint(0, 64, {4, 48});
+        auto loss_of = [&](nn::MambaLM& m, const Tensor& x) {
+          Tensor logits = m.forward(x);
+          return cross_entropy(logits.narrow(1, 0, 47).reshape({-1, 64}),
+                               x.narrow(1, 1, 47).reshape({-1}));
+        };
+        oc.zero_grad();
+        og.zero_grad();
+        Tensor lc = loss_of(*cpu_model, ids), lg = loss_of(*gpu_model, gpu(ids));
+        lc.backward();
+        lg.backward();
+        optim::clip_grad_norm_(cpu_model->parameters(), 1.0);
+        optim::clip_grad_norm_(gpu_model->parameters(), 1.0);
+        oc.step();
+        og.step();
+        const double a = lc.item<double>(), b = lg.item<double>();
+        worst = std::max(worst, std::fabs(a - b) / std::fabs(a));
+        CHECK_MESSAGE(std::fabs(a - b) <= 1e-4 * std::fabs(a),
+                      "step " << step << ": cpu " << a << ", gpu " << b);
+      }
+      MESSAGE(mixer << ": largest relative loss difference over 20 steps " << worst);
+    }
+  }
 }

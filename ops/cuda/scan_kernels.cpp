@@ -1,0 +1,196 @@
+// Host side of the CUDA scan and conv kernels (device code in scan.cu): selective_scan and
+// ssd_scan map onto one diagonal recurrence (launch.h's ScanArgs), causal_conv1d onto its own
+// kernels. Same signatures and results as ops/cpu/selective_scan.cpp, ssd_scan.cpp and
+// causal_conv.cpp.
+#include "host.h"
+
+namespace coil::cuda {
+namespace {
+
+const void* ptr(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
+void* mut(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
+
+// A gradient the kernel writes: the caller's tensor, or scratch when the caller skips it;
+// zeroed when the kernel adds into it.
+Tensor grad_out(const Tensor& given, const Tensor& like, bool zeroed) {
+  Tensor t = given.defined() ? given : empty(like.sizes(), Options(like.dtype(), like.device()));
+  if (zeroed) fill(t, 0);
+  return t;
+}
+
+int64_t scan_chunks(int64_t L) { return (L + kScanChunk - 1) / kScanChunk; }
+
+ScanArgs selective_args(const SelectiveScanInputs& in) {
+  ScanArgs a;
+  a.batch = in.u.size(0);
+  a.L = in.u.size(1);
+  a.dim = in.u.size(2);
+  a.N = in.A.size(1);
+  a.G = in.B.size(2);
+  a.pdiv = 1;
+  a.a_per_state = true;
+  a.softplus = in.delta_softplus;
+  a.u = ptr(in.u);
+  a.delta = ptr(in.delta);
+  a.A = ptr(in.A);
+  a.B = ptr(in.B);
+  a.C = ptr(in.C);
+  a.D = ptr(in.D);
+  a.z = ptr(in.z);
+  a.bias = ptr(in.delta_bias);
+  a.init = ptr(in.initial_state);
+  return a;
+}
+
+ScanArgs ssd_args(const SsdScanInputs& in) {
+  ScanArgs a;
+  a.batch = in.x.size(0);
+  a.L = in.x.size(1);
+  a.pdiv = in.x.size(3);
+  a.dim = in.x.size(2) * a.pdiv;
+  a.N = in.B.size(3);
+  a.G = in.B.size(2);
+  a.a_per_state = false;
+  a.softplus = in.dt_softplus;
+  a.u = ptr(in.x);
+  a.delta = ptr(in.dt);
+  a.A = ptr(in.A);
+  a.B = ptr(in.B);
+  a.C = ptr(in.C);
+  a.D = ptr(in.D);
+  a.z = ptr(in.z);
+  a.bias = ptr(in.dt_bias);
+  a.init = ptr(in.initial_state);
+  return a;
+}
+
+void check_n(int64_t N, const char* op) {
+  COIL_CHECK(N <= 256, op, " (cuda): state size N = ", N, " above the kernel's 256");
+}
+
+Tensor checkpoint_scratch(const ScanArgs& a, const Tensor& like) {
+  return empty({a.batch, a.dim, scan_chunks(a.L), a.N}, Options(like.dtype(), like.device()));
+}
+
+void selective_scan_kernel(const SelectiveScanInputs& in, const Tensor& y,
+                           const Tensor& final_state, const Tensor& checkpoints) {
+  check_on_gpu("selective_scan", {&in.u, &y});
+  check_n(in.A.size(1), "selective_scan");
+  DeviceGuard dg(y.device());
+  const ScanArgs a = selective_args(in);
+  // checkpoints: the CPU's (batch, chunk, N, dim) has the size of this kernel's own layout
+  launch_scan_forward(y.dtype() == kF64, a, y.raw_data(), nullptr, mut(final_state),
+                      mut(checkpoints), stream());
+  after_launch("selective_scan kernel");
+}
+
+void selective_scan_backward_kernel(const SelectiveScanInputs& in, const Tensor& checkpoints,
+                                    const Tensor& dy, const Tensor& dfinal_state,
+                                    const SelectiveScanGrads& g) {
+  check_on_gpu("selective_scan_backward", {&in.u, &dy});
+  check_n(in.A.size(1), "selective_scan");
+  DeviceGuard dg(dy.device());
+  const ScanArgs a = selective_args(in);
+  const bool f64 = dy.dtype() == kF64;
+  Tensor ck = checkpoints;
+  if (!ck.defined()) {  // no forward kept them: run it again for them
+    ck = checkpoint_scratch(a, dy);
+    Tensor y = empty(dy.sizes(), Options(dy.dtype(), dy.device()));
+    launch_scan_forward(f64, a, y.raw_data(), nullptr, nullptr, ck.raw_data(), stream());
+  }
+  Tensor du = grad_out(g.du, in.u, false), ddelta = grad_out(g.ddelta, in.delta, false);
+  Tensor dB = grad_out(g.dB, in.B, true), dC = grad_out(g.dC, in.C, true);
+  Tensor dA = grad_out(g.dA, in.A, true);
+  ScanGrads sg;
+  sg.dy = dy.raw_data();
+  sg.dfinal = ptr(dfinal_state);
+  sg.du = du.raw_data();
+  sg.ddelta = ddelta.raw_data();
+  sg.dA = dA.raw_data();
+  sg.dB = dB.raw_data();
+  sg.dC = dC.raw_data();
+  if (g.dD.defined()) sg.dD = grad_out(g.dD, in.D, true).raw_data();
+  if (g.ddelta_bias.defined()) sg.dbias = grad_out(g.ddelta_bias, in.delta_bias, true).raw_data();
+  sg.dz = mut(g.dz);
+  sg.dinit = mut(g.dinitial_state);
+  launch_scan_backward(f64, a, ck.raw_data(), sg, stream());
+  after_launch("selective_scan backward kernel");
+}
+
+void ssd_scan_kernel(const SsdScanInputs& in, const SsdScanForward* fwd,
+                     const SsdScanBackward* bwd) {
+  check_on_gpu("ssd_scan", {&in.x, &in.dt});
+  check_n(in.B.size(3), "ssd_scan");
+  DeviceGuard dg(in.x.device());
+  const ScanArgs a = ssd_args(in);
+  const bool f64 = in.x.dtype() == kF64;
+  if (fwd) {
+    launch_scan_forward(f64, a, fwd->y.raw_data(), mut(fwd->y_pre), mut(fwd->final_state), nullptr,
+                        stream());
+    after_launch("ssd_scan kernel");
+    return;
+  }
+  Tensor ck = checkpoint_scratch(a, in.x);
+  {
+    Tensor y = empty(in.x.sizes(), Options(in.x.dtype(), in.x.device()));
+    launch_scan_forward(f64, a, y.raw_data(), nullptr, nullptr, ck.raw_data(), stream());
+  }
+  ScanGrads sg;
+  sg.dy = bwd->dy.raw_data();
+  sg.dfinal = ptr(bwd->dfinal_state);
+  sg.du = bwd->dx.raw_data();
+  fill(bwd->ddt, 0);  // heads sum over their channels
+  sg.ddelta = bwd->ddt.raw_data();
+  fill(bwd->dA, 0);
+  sg.dA = bwd->dA.raw_data();
+  fill(bwd->dB, 0);
+  sg.dB = bwd->dB.raw_data();
+  fill(bwd->dC, 0);
+  sg.dC = bwd->dC.raw_data();
+  if (bwd->dD.defined()) {
+    fill(bwd->dD, 0);
+    sg.dD = bwd->dD.raw_data();
+  }
+  if (bwd->ddt_bias.defined()) {
+    fill(bwd->ddt_bias, 0);
+    sg.dbias = bwd->ddt_bias.raw_data();
+  }
+  sg.dz = mut(bwd->dz);
+  sg.dinit = mut(bwd->dinitial_state);
+  launch_scan_backward(f64, a, ck.raw_data(), sg, stream());
+  after_launch("ssd_scan backward kernel");
+}
+
+void causal_conv_kernel(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bias,
+                        const Tensor& window, bool silu) {
+  check_on_gpu("causal_conv1d", {&y, &x, &w, &bias, &window});
+  DeviceGuard dg(y.device());
+  launch_conv_forward(x.dtype() == kF64, x.size(0), x.size(1), x.size(2), w.size(1), y.raw_data(),
+                      x.raw_data(), w.raw_data(), ptr(bias), ptr(window), silu, stream());
+  after_launch("causal_conv1d kernel");
+}
+
+void causal_conv_backward_kernel(const Tensor& dx, const Tensor& dw, const Tensor& dbias,
+                                 const Tensor& dwindow, const Tensor& dy, const Tensor& x,
+                                 const Tensor& w, const Tensor& bias, const Tensor& window,
+                                 bool silu) {
+  check_on_gpu("causal_conv1d_backward", {&dx, &dy, &x, &w});
+  DeviceGuard dg(dx.device());
+  Tensor ds = empty(dy.sizes(), Options(dy.dtype(), dy.device()));
+  launch_conv_backward(x.dtype() == kF64, x.size(0), x.size(1), x.size(2), w.size(1), dx.raw_data(),
+                       mut(dw), mut(dbias), mut(dwindow), ds.raw_data(), dy.raw_data(),
+                       x.raw_data(), w.raw_data(), ptr(bias), ptr(window), silu, stream());
+  after_launch("causal_conv1d backward kernel");
+}
+
+void register_kernels() {
+  set_cuda({"selective_scan"}, &selective_scan_kernel);
+  set_cuda({"selective_scan_backward"}, &selective_scan_backward_kernel);
+  set_cuda({"ssd_scan"}, &ssd_scan_kernel);
+  set_cuda({"causal_conv1d"}, &causal_conv_kernel);
+  set_cuda({"causal_conv1d_backward"}, &causal_conv_backward_kernel);
+}
+const OpRegistrar g_registrar(&register_kernels);
+
+}  // namespace
+}  // namespace coil::cuda
