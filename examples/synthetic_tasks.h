@@ -109,6 +109,11 @@ inline coil::nn::MambaConfig task_model(int64_t vocab, bool selective, int64_t l
 struct TrainSettings {
   int64_t steps = 1000, warmup = 50, eval_every = 100, eval_batches = 4;
   double lr = 2e-3, weight_decay = 0.1;
+  double min_lr_ratio = 0.1;  // the cosine schedule ends at lr * min_lr_ratio
+  double clip = 1.0;          // gradient-norm clipping; 0: none
+  // Log the mean training loss since the last evaluation too: with few scored tokens per batch
+  // (induction heads scores one per sequence) one batch's loss is too noisy to follow.
+  bool mean_loss = false;
   uint64_t seed = 1;
 };
 
@@ -125,7 +130,7 @@ inline std::vector<std::pair<int64_t, double>> train(
   o.beta2 = 0.95;
   o.weight_decay = s.weight_decay;
   optim::AdamW opt({{groups.decay}, {groups.no_decay, -1, 0.0}}, o);
-  optim::LRScheduler sched(opt, optim::LRSchedule::cosine(s.warmup, s.steps, 0.1));
+  optim::LRScheduler sched(opt, optim::LRSchedule::cosine(s.warmup, s.steps, s.min_lr_ratio));
   auto evaluate = [&] {
     NoGradGuard ng;
     double acc = 0;
@@ -136,23 +141,33 @@ inline std::vector<std::pair<int64_t, double>> train(
     return acc / s.eval_batches;
   };
   std::vector<std::pair<int64_t, double>> curve;
+  double loss_sum = 0;
+  int64_t loss_n = 0;
   for (int64_t step = 1; step <= s.steps; ++step) {
     Batch b = make_batch(step);
     Tensor logits = model.forward(b.inputs);
     Tensor loss = cross_entropy(logits.reshape({-1, logits.size(2)}), b.targets.reshape({-1}));
     opt.zero_grad();
     loss.backward();
-    optim::clip_grad_norm_(model.parameters(), 1.0);
+    if (s.clip > 0) optim::clip_grad_norm_(model.parameters(), s.clip);
     opt.step();
     sched.step();
+    if (s.mean_loss) {
+      loss_sum += loss.item<double>();
+      ++loss_n;
+    }
     if (step % s.eval_every == 0 || step == s.steps) {
       double acc = evaluate();
       curve.emplace_back(step, acc);
-      if (log) {
+      if (log && s.mean_loss)
+        std::printf("step %6lld  loss %.4f  mean loss %.3g  eval accuracy %.4f\n",
+                    static_cast<long long>(step), loss.item<double>(), loss_sum / loss_n, acc);
+      else if (log)
         std::printf("step %6lld  loss %.4f  eval accuracy %.4f\n", static_cast<long long>(step),
                     loss.item<double>(), acc);
-        std::fflush(stdout);
-      }
+      if (log) std::fflush(stdout);
+      loss_sum = 0;
+      loss_n = 0;
     }
   }
   return curve;
