@@ -222,7 +222,48 @@ __global__ void dropout_k(T* out, uint8_t* mask, const T* in, int64_t n, uint64_
   }
 }
 
+// Does a come strictly before b in descending order (NaN the largest)?
+template <class T>
+__device__ bool greater(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (a != a) return b == b;
+    if (b != b) return false;
+  }
+  return a > b;
+}
+
+template <class T>
+__global__ void sort_rank_k(T* values, int64_t* indices, const T* in, int64_t outer, int64_t n,
+                            int64_t k, bool descending) {
+  COIL_GRID_LOOP(e, outer * n) {
+    const int64_t r = e / n, i = e - r * n;
+    const T* row = in + r * n;
+    const T v = row[i];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const T w = row[j];
+      const bool before = descending ? greater(w, v) : greater(v, w);
+      const bool tie = !greater(w, v) && !greater(v, w);
+      rank += before || (tie && j < i);
+    }
+    if (rank < k) {
+      values[r * k + rank] = v;
+      indices[r * k + rank] = i;
+    }
+  }
+}
+
 }  // namespace
+
+void launch_sort(Ty t, void* values, int64_t* indices, const void* in, int64_t outer, int64_t n,
+                 int64_t k, bool descending, cudaStream_t s) {
+  if (outer * n == 0 || k == 0) return;
+  by_type</*kWithBool=*/true>(t, [&](auto z) {
+    using T = decltype(z);
+    sort_rank_k<T><<<blocks_for(outer * n), 256, 0, s>>>(
+        static_cast<T*>(values), indices, static_cast<const T*>(in), outer, n, k, descending);
+  });
+}
 
 void launch_index_select(const IndexDims& d, int eb, void* out, const void* x, const int64_t* index,
                          int64_t* bad, cudaStream_t s) {

@@ -97,7 +97,20 @@ void dropout_kernel(const Tensor& out, const Tensor& mask, const Tensor& in, dou
   after_launch("dropout kernel");
 }
 
+void sort_kernel(const Tensor& values, const Tensor& indices, const Tensor& scratch,
+                 const Tensor& in, int64_t outer, int64_t n, int64_t k, bool descending) {
+  (void)scratch;  // ranks need no scratch
+  check_on_gpu("sort", {&values, &indices, &in});
+  COIL_CHECK(!is_half(in.dtype()), "sort: the kernel does not compare ", in.dtype(),
+             "; widen it to f32 first");
+  DeviceGuard dg(in.device());
+  launch_sort(ty(in.dtype()), values.raw_data(), indices.data_ptr<int64_t>(), in.raw_data(), outer,
+              n, k, descending, stream());
+  after_launch("sort kernel");
+}
+
 void register_kernels() {
+  set_cuda({"sort", "argsort", "topk"}, &sort_kernel);
   set_cuda({"embedding", "index_select"}, &index_select_kernel);
   set_cuda({"index_add"}, &index_add_kernel);
   set_cuda({"gather"}, &gather_kernel);

@@ -73,6 +73,11 @@ void launch_random(int kind, Ty t, void* out, int64_t n, double a, double b, uin
 void launch_dropout(Ty t, void* out, uint8_t* mask, const void* in, int64_t n, double p,
                     double scale, uint64_t seed, uint64_t offset, uint64_t first, cudaStream_t s);
 
+// Sorts each row of in [outer, n] (stable, NaN largest) and writes the first k of the order:
+// values (in's type) and int64 indices [outer, k]. Rank by counting, one thread per element.
+void launch_sort(Ty t, void* values, int64_t* indices, const void* in, int64_t outer, int64_t n,
+                 int64_t k, bool descending, cudaStream_t s);
+
 // ---- diagonal state-space scans: Mamba-1's selective_scan and Mamba-2's ssd_scan are one
 // recurrence over channels c of (batch, L, dim) with states (batch, dim, N):
 //   h_t[n] = exp(d_t a[n]) h_{t-1}[n] + d_t B_t[n] u_t,   y_t = sum_n C_t[n] h_t[n] + D u_t,

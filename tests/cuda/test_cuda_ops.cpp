@@ -333,6 +333,34 @@ TEST_SUITE("cuda") {
     check_same(wg.grad(), wc.grad(), "grouped_mm dw (the empty group's is zero)");
   }
 
+  TEST_CASE("sort, argsort and topk: stable, NaN largest, any dim") {
+    manual_seed(15);
+    // whole numbers: many ties
+    Tensor x = (ct::rnd({6, 70, 5}, kF32, -3, 3, /*noncontig=*/true) * 4.0).to(kI32).to(kF32);
+    x.narrow(1, 3, 1).fill_(NAN);
+    for (bool desc : {false, true})
+      for (int64_t d : {1, 2}) {
+        CAPTURE(desc);
+        CAPTURE(d);
+        auto [vc, ic] = sort(x, d, desc);
+        auto [vg, ig] = sort(gpu(x), d, desc);
+        check_same(vg, vc, "sort values", 0);
+        check_same(ig, ic, "sort indices (ties keep their order)", 0);
+        check_same(argsort(gpu(x), d, desc), argsort(x, d, desc), "argsort", 0);
+        auto [tc, tic] = topk(x, 4, d, desc);
+        auto [tg, tig] = topk(gpu(x), 4, d, desc);
+        check_same(tg, tc, "topk values", 0);
+        check_same(tig, tic, "topk indices", 0);
+      }
+    Tensor xi = randint(-5, 5, {3, 40});
+    check_same(sort(gpu(xi), 1).second, sort(xi, 1).second, "integer sort", 0);
+    // the gradient of topk scatters back to the chosen positions
+    Tensor xc = ct::rnd({4, 30}, kF64).requires_grad_(), xg = gpu(xc.detach()).requires_grad_();
+    (topk(xc, 3, 1).first * 2.0).sum().backward();
+    (topk(xg, 3, 1).first * 2.0).sum().backward();
+    check_same(xg.grad(), xc.grad(), "topk gradient", 0);
+  }
+
   TEST_CASE("causal_conv1d with a window and silu, and its gradients") {
     manual_seed(11);
     for (DType t : {kF64, kF32}) {
