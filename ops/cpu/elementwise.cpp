@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "../../core/simd.h"
+#include "../elementwise_math.h"
 #include "kernels.h"
 #include "loops.h"
 
@@ -21,89 +22,13 @@ struct Params {
 };
 
 template <class T>
-T gelu(T x, bool tanh_approx) {
-  if (tanh_approx) {
-    const T k = T(0.7978845608028654);  // sqrt(2/pi)
-    return T(0.5) * x * (T(1) + std::tanh(k * (x + T(0.044715) * x * x * x)));
-  }
-  return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
-}
-
-template <class T>
 T unary_scalar(UnaryOp op, T x, const Params& p) {
-  switch (op) {
-    case UnaryOp::neg:
-      return -x;
-    case UnaryOp::exp:
-      return std::exp(x);
-    case UnaryOp::log:
-      return std::log(x);
-    case UnaryOp::log1p:
-      return std::log1p(x);
-    case UnaryOp::sqrt:
-      return std::sqrt(x);
-    case UnaryOp::rsqrt:
-      return T(1) / std::sqrt(x);
-    case UnaryOp::abs:
-      return std::abs(x);
-    case UnaryOp::tanh:
-      return std::tanh(x);
-    case UnaryOp::sigmoid:
-      return T(1) / (T(1) + std::exp(-x));
-    case UnaryOp::silu:
-      return x / (T(1) + std::exp(-x));
-    case UnaryOp::softplus: {
-      T bx = x * T(p.p0);
-      return bx > T(p.p1) ? x : std::log1p(std::exp(bx)) / T(p.p0);
-    }
-    case UnaryOp::gelu:
-      return gelu(x, p.p0 != 0);
-    case UnaryOp::relu:
-      return x > T(0) ? x : (x != x ? x : T(0));
-    case UnaryOp::pow:
-      return std::pow(x, T(p.p0));
-    case UnaryOp::clamp: {
-      if (x != x) return x;
-      T r = x;
-      if (!std::isnan(p.p0) && r < T(p.p0)) r = T(p.p0);
-      if (!std::isnan(p.p1) && r > T(p.p1)) r = T(p.p1);
-      return r;
-    }
-    case UnaryOp::square:
-      return x * x;
-    case UnaryOp::sign:
-      return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);  // keeps NaN and 0
-    case UnaryOp::reciprocal:
-      return T(1) / x;
-    case UnaryOp::erf:
-      return std::erf(x);
-    default:
-      return x;
-  }
+  return math::unary_float<T>(op, x, p.p0, p.p1);
 }
 
 template <class T>
 T unary_int(UnaryOp op, T x, const Params& p) {
-  switch (op) {
-    case UnaryOp::neg:
-      return -x;
-    case UnaryOp::abs:
-      return x < 0 ? -x : x;
-    case UnaryOp::relu:
-      return x > 0 ? x : T(0);
-    case UnaryOp::square:
-      return x * x;
-    case UnaryOp::sign:
-      return T((x > 0) - (x < 0));
-    case UnaryOp::clamp: {
-      T r = x;
-      if (!std::isnan(p.p0) && r < T(p.p0)) r = static_cast<T>(p.p0);
-      if (!std::isnan(p.p1) && r > T(p.p1)) r = static_cast<T>(p.p1);
-      return r;
-    }
-    default:
-      fail("unary: op not defined for integer tensors");
-  }
+  return math::unary_int<T>(op, x, p.p0, p.p1);
 }
 
 // A contiguous f32 row: one loop per op, so each compiles to vector code (the exp-heavy ones
@@ -204,6 +129,8 @@ void unary_kernel(UnaryOp op, const Tensor& out, const Tensor& in, double p0, do
     });
     return;
   }
+  if ((out.dtype() == kI32 || out.dtype() == kI64) && !math::integer_unary(op))
+    fail("unary: op not defined for integer tensors");
   switch (out.dtype()) {
     case kF32: {
       ElemLoop L = make_loop({out, in});
@@ -236,57 +163,12 @@ namespace {
 
 template <class T>
 T binary_scalar(BinaryOp op, T a, T b, T alpha) {
-  switch (op) {
-    case BinaryOp::add:
-      return a + alpha * b;
-    case BinaryOp::sub:
-      return a - alpha * b;
-    case BinaryOp::mul:
-      return a * b;
-    case BinaryOp::div:
-      if constexpr (std::is_floating_point_v<T>)
-        return a / b;
-      else
-        fail("div: integer division is not supported; convert to float first");
-    case BinaryOp::pow:
-      if constexpr (std::is_floating_point_v<T>) {
-        return std::pow(a, b);
-      } else {
-        T r = 1;
-        for (T e = 0; e < b; ++e) r *= a;
-        return r;
-      }
-    case BinaryOp::maximum:
-      if constexpr (std::is_floating_point_v<T>)
-        if (a != a || b != b) return a + b;  // NaN
-      return a > b ? a : b;
-    case BinaryOp::minimum:
-      if constexpr (std::is_floating_point_v<T>)
-        if (a != a || b != b) return a + b;
-      return a < b ? a : b;
-    default:
-      return T(0);
-  }
+  return math::binary_value<T>(op, a, b, alpha);
 }
 
 template <class T>
 bool compare_scalar(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::eq:
-      return a == b;
-    case BinaryOp::ne:
-      return a != b;
-    case BinaryOp::lt:
-      return a < b;
-    case BinaryOp::le:
-      return a <= b;
-    case BinaryOp::gt:
-      return a > b;
-    case BinaryOp::ge:
-      return a >= b;
-    default:
-      return false;
-  }
+  return math::compare_value<T>(op, a, b);
 }
 
 // The three row shapes worth specialising: all contiguous, and one side a broadcast scalar.
@@ -316,6 +198,8 @@ void binary_rows(const ElemLoop& L, const F& f) {
 }  // namespace
 
 void binary_kernel(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, double alpha) {
+  COIL_CHECK(!(op == BinaryOp::div && !is_floating(out.dtype())),
+             "div: integer division is not supported; convert to float first");
   ElemLoop L = make_loop({out, a, b});
   if (op >= BinaryOp::eq) {  // comparisons: inputs share a dtype, output bool
     dispatch_dtype(a.dtype(), "compare", [&]<class T>() {

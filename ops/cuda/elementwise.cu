@@ -1,7 +1,7 @@
 // CUDA elementwise kernels: unary, binary (broadcasting), where, copy (any dtype pair), fill.
 // One thread per output element in a grid-stride loop; an element's operand offsets come from
-// its index through the loop's (merged) dims, so any strides and broadcasts work. Math is that of
-// ops/cpu/elementwise.cpp, with 16-bit floats converted through float.
+// its index through the loop's (merged) dims, so any strides and broadcasts work. The math is
+// ops/elementwise_math.h, the CPU kernels' own; 16-bit floats convert through float.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../elementwise_math.h"
 #include "../kernel_ops.h"
 #include "device_util.cuh"
 #include "launch.h"
@@ -59,94 +60,13 @@ __device__ double load_as_double(Ty t, const void* p, int64_t i) {
 }
 
 template <class T>
-__device__ T unary_float(int op, T x, double p0, double p1) {
-  switch (static_cast<UnaryOp>(op)) {
-    case UnaryOp::neg:
-      return -x;
-    case UnaryOp::exp:
-      return exp(x);
-    case UnaryOp::log:
-      return log(x);
-    case UnaryOp::log1p:
-      return log1p(x);
-    case UnaryOp::sqrt:
-      return sqrt(x);
-    case UnaryOp::rsqrt:
-      return T(1) / sqrt(x);
-    case UnaryOp::abs:
-      return fabs(x);
-    case UnaryOp::tanh:
-      return tanh(x);
-    case UnaryOp::sigmoid:
-      return T(1) / (T(1) + exp(-x));
-    case UnaryOp::silu:
-      return x / (T(1) + exp(-x));
-    case UnaryOp::softplus: {
-      const T bx = x * T(p0);
-      return bx > T(p1) ? x : log1p(exp(bx)) / T(p0);
-    }
-    case UnaryOp::gelu:
-      if (p0 != 0) {
-        const T k = T(0.7978845608028654);
-        return T(0.5) * x * (T(1) + tanh(k * (x + T(0.044715) * x * x * x)));
-      }
-      return T(0.5) * x * (T(1) + erf(x * T(0.7071067811865476)));
-    case UnaryOp::relu:
-      return x > T(0) ? x : (x != x ? x : T(0));
-    case UnaryOp::pow:
-      return pow(x, T(p0));
-    case UnaryOp::clamp: {
-      if (x != x) return x;
-      T r = x;
-      if (!isnan(p0) && r < T(p0)) r = T(p0);
-      if (!isnan(p1) && r > T(p1)) r = T(p1);
-      return r;
-    }
-    case UnaryOp::square:
-      return x * x;
-    case UnaryOp::sign:
-      return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);
-    case UnaryOp::reciprocal:
-      return T(1) / x;
-    case UnaryOp::erf:
-      return erf(x);
-    default:
-      return x;
-  }
-}
-
-template <class T>
-__device__ T unary_int(int op, T x, double p0, double p1) {
-  switch (static_cast<UnaryOp>(op)) {
-    case UnaryOp::neg:
-      return -x;
-    case UnaryOp::abs:
-      return x < 0 ? -x : x;
-    case UnaryOp::relu:
-      return x > 0 ? x : T(0);
-    case UnaryOp::square:
-      return x * x;
-    case UnaryOp::sign:
-      return T((x > 0) - (x < 0));
-    case UnaryOp::clamp: {
-      T r = x;
-      if (!isnan(p0) && r < T(p0)) r = static_cast<T>(p0);
-      if (!isnan(p1) && r > T(p1)) r = static_cast<T>(p1);
-      return r;
-    }
-    default:
-      return x;
-  }
-}
-
-template <class T>
 __global__ void unary_k(int op, ElemGeom g, T* out, const T* in, double p0, double p1) {
   COIL_GRID_LOOP(i, g.numel) {
     const Offsets o = offsets(g, i, 2);
     if constexpr (std::is_floating_point_v<T>)
-      out[o.o[0]] = unary_float<T>(op, in[o.o[1]], p0, p1);
+      out[o.o[0]] = math::unary_float<T>(static_cast<UnaryOp>(op), in[o.o[1]], p0, p1);
     else
-      out[o.o[0]] = unary_int<T>(op, in[o.o[1]], p0, p1);
+      out[o.o[0]] = math::unary_int<T>(static_cast<UnaryOp>(op), in[o.o[1]], p0, p1);
   }
 }
 
@@ -160,62 +80,10 @@ __global__ void unary_bool_k(int op, Ty in_t, ElemGeom g, uint8_t* out, const vo
 }
 
 template <class T>
-__device__ T binary_value(int op, T a, T b, T alpha) {
-  switch (static_cast<BinaryOp>(op)) {
-    case BinaryOp::add:
-      return a + alpha * b;
-    case BinaryOp::sub:
-      return a - alpha * b;
-    case BinaryOp::mul:
-      return a * b;
-    case BinaryOp::div:
-      return a / b;
-    case BinaryOp::pow:
-      if constexpr (std::is_floating_point_v<T>) {
-        return pow(a, b);
-      } else {
-        T r = 1;
-        for (T e = 0; e < b; ++e) r *= a;
-        return r;
-      }
-    case BinaryOp::maximum:
-      if constexpr (std::is_floating_point_v<T>)
-        if (a != a || b != b) return a + b;
-      return a > b ? a : b;
-    case BinaryOp::minimum:
-      if constexpr (std::is_floating_point_v<T>)
-        if (a != a || b != b) return a + b;
-      return a < b ? a : b;
-    default:
-      return T(0);
-  }
-}
-
-template <class T>
-__device__ bool compare_value(int op, T a, T b) {
-  switch (static_cast<BinaryOp>(op)) {
-    case BinaryOp::eq:
-      return a == b;
-    case BinaryOp::ne:
-      return a != b;
-    case BinaryOp::lt:
-      return a < b;
-    case BinaryOp::le:
-      return a <= b;
-    case BinaryOp::gt:
-      return a > b;
-    case BinaryOp::ge:
-      return a >= b;
-    default:
-      return false;
-  }
-}
-
-template <class T>
 __global__ void binary_k(int op, ElemGeom g, T* out, const T* a, const T* b, T alpha) {
   COIL_GRID_LOOP(i, g.numel) {
     const Offsets o = offsets(g, i, 3);
-    out[o.o[0]] = binary_value<T>(op, a[o.o[1]], b[o.o[2]], alpha);
+    out[o.o[0]] = math::binary_value<T>(static_cast<BinaryOp>(op), a[o.o[1]], b[o.o[2]], alpha);
   }
 }
 
@@ -223,7 +91,7 @@ template <class T>
 __global__ void compare_k(int op, ElemGeom g, uint8_t* out, const T* a, const T* b) {
   COIL_GRID_LOOP(i, g.numel) {
     const Offsets o = offsets(g, i, 3);
-    out[o.o[0]] = compare_value<T>(op, a[o.o[1]], b[o.o[2]]);
+    out[o.o[0]] = math::compare_value<T>(static_cast<BinaryOp>(op), a[o.o[1]], b[o.o[2]]);
   }
 }
 

@@ -6,54 +6,35 @@
 
 #include <algorithm>
 
+#include "../elementwise_math.h"
+#include "../cpu/loops.h"
 #include "host.h"
 
 namespace coil::cuda {
 namespace {
 
-// The loop of make_loop (ops/cpu/loops.cpp) in elements: broadcast dims get stride 0, size-1
-// dims go, and dims every operand walks contiguously merge.
+// The CPU's loop geometry (ops/cpu/loops.cpp: broadcast dims get stride 0, size-1 dims go,
+// dims every operand walks contiguously merge), with strides in elements.
 ElemGeom elem_geom(const TensorList& ops) {
-  const Shape& shape = ops[0].sizes();
-  const int nd = static_cast<int>(shape.size()), n_ops = static_cast<int>(ops.size());
-  std::vector<std::array<int64_t, kMaxOperands>> st(nd);
-  for (int k = 0; k < n_ops; ++k) {
-    const Tensor& t = ops[k];
-    const int off = nd - static_cast<int>(t.dim());
-    for (int d = 0; d < nd; ++d)
-      st[d][k] = d >= off && t.sizes()[d - off] != 1 ? t.strides()[d - off] : 0;
-  }
-  Shape sh;
-  std::vector<std::array<int64_t, kMaxOperands>> ss;
-  for (int d = 0; d < nd; ++d) {
-    if (shape[d] == 1) continue;
-    if (!sh.empty()) {
-      bool mergeable = true;
-      for (int k = 0; k < n_ops; ++k)
-        if (ss.back()[k] != st[d][k] * shape[d]) mergeable = false;
-      if (mergeable) {
-        sh.back() *= shape[d];
-        ss.back() = st[d];
-        continue;
-      }
-    }
-    sh.push_back(shape[d]);
-    ss.push_back(st[d]);
-  }
-  COIL_CHECK(static_cast<int>(sh.size()) <= kMaxDims, "cuda: an elementwise loop over ", sh.size(),
-             " non-mergeable dims; at most ", kMaxDims, " are supported");
+  const cpu::ElemLoop L = cpu::make_loop(ops);
+  const int nd = static_cast<int>(L.shape.size());
+  COIL_CHECK(nd <= kMaxDims, "cuda: an elementwise loop over ", nd, " non-mergeable dims; at most ",
+             kMaxDims, " are supported");
   ElemGeom g;
-  g.ndim = static_cast<int>(sh.size());
-  g.numel = shape_numel(shape);
-  for (int d = 0; d < g.ndim; ++d) {
-    g.sizes[d] = sh[d];
-    for (int k = 0; k < n_ops; ++k) g.strides[k][d] = ss[d][k];
+  g.ndim = nd;
+  g.numel = L.numel;
+  for (int d = 0; d < nd; ++d) {
+    g.sizes[d] = L.shape[d];
+    for (size_t k = 0; k < ops.size(); ++k)
+      g.strides[k][d] = L.strides[d][k] / static_cast<int64_t>(ops[k].element_size());
   }
   return g;
 }
 
 void unary_kernel(UnaryOp op, const Tensor& out, const Tensor& in, double p0, double p1) {
   check_on_gpu("unary", {&out, &in});
+  if ((out.dtype() == kI32 || out.dtype() == kI64) && !math::integer_unary(op))
+    fail("unary: op not defined for integer tensors");
   DeviceGuard g(out.device());
   launch_unary(static_cast<int>(op), ty(in.dtype()), ty(out.dtype()), elem_geom({out, in}),
                out.raw_data(), in.raw_data(), p0, p1, stream());

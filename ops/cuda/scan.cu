@@ -231,6 +231,19 @@ __global__ void scan_backward_k(ScanArgs a, const T* ckpt, ScanGrads gr) {
   }
 }
 
+// Calls go(std::integral_constant<int, kPer>) with the states per lane that N needs (N <= 256).
+template <class F>
+void by_states_per_lane(int64_t N, F&& go) {
+  if (N <= 32)
+    go(std::integral_constant<int, 1>{});
+  else if (N <= 64)
+    go(std::integral_constant<int, 2>{});
+  else if (N <= 128)
+    go(std::integral_constant<int, 4>{});
+  else
+    go(std::integral_constant<int, 8>{});
+}
+
 template <class T>
 void scan_forward(const ScanArgs& a, void* y, void* y_pre, void* fin, void* ckpt, cudaStream_t s) {
   const int64_t threads = a.batch * a.dim * 32;
@@ -240,14 +253,7 @@ void scan_forward(const ScanArgs& a, void* y, void* y_pre, void* fin, void* ckpt
     scan_forward_k<T, kPer><<<blocks, 128, 0, s>>>(a, static_cast<T*>(y), static_cast<T*>(y_pre),
                                                    static_cast<T*>(fin), static_cast<T*>(ckpt));
   };
-  if (a.N <= 32)
-    go(std::integral_constant<int, 1>{});
-  else if (a.N <= 64)
-    go(std::integral_constant<int, 2>{});
-  else if (a.N <= 128)
-    go(std::integral_constant<int, 4>{});
-  else
-    go(std::integral_constant<int, 8>{});
+  by_states_per_lane(a.N, go);
 }
 
 template <class T>
@@ -258,14 +264,7 @@ void scan_backward(const ScanArgs& a, const void* ckpt, const ScanGrads& g, cuda
     constexpr int kPer = decltype(per)::value;
     scan_backward_k<T, kPer><<<blocks, 128, 0, s>>>(a, static_cast<const T*>(ckpt), g);
   };
-  if (a.N <= 32)
-    go(std::integral_constant<int, 1>{});
-  else if (a.N <= 64)
-    go(std::integral_constant<int, 2>{});
-  else if (a.N <= 128)
-    go(std::integral_constant<int, 4>{});
-  else
-    go(std::integral_constant<int, 8>{});
+  by_states_per_lane(a.N, go);
 }
 
 // ---- causal conv ----
