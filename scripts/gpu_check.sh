@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check (issue 9): the CUDA suite, the NCCL communicator check and a short table, in
-# under 5 minutes on one GPU.
+# The GPU check (issue 9): the CUDA suite, the NCCL communicator check, the GPU benchmark
+# (bench_cuda) and a short table, in under 5 minutes on one GPU.
 #
 #   scripts/gpu_check.sh bundle   here, on a build machine: configures build-gpu for sm_90 (or
 #                                 $GPU_ARCH), builds, and gathers the programs and the non-system
@@ -18,18 +18,18 @@ arch=${GPU_ARCH:-90}
 
 bundle() {
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOIL_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCOIL_NATIVE=OFF -DCOIL_BUILD_BENCH=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCOIL_NATIVE=OFF -DCOIL_BUILD_BENCH=ON \
     -DCOIL_BUILD_EXAMPLES=OFF > build-gpu.configure.log 2>&1 || { cat build-gpu.configure.log; exit 1; }
-  cmake --build build-gpu --target coil_tests nccl_check -j "$(nproc)" || exit 1
+  cmake --build build-gpu --target coil_tests nccl_check bench_cuda -j "$(nproc)" || exit 1
   rm -rf .gpu && mkdir -p .gpu/lib
-  cp build-gpu/tests/coil_tests build-gpu/tests/nccl_check .gpu/
+  cp build-gpu/tests/coil_tests build-gpu/tests/nccl_check build-gpu/bench/bench_cuda .gpu/
   cp build-gpu/libcoil.so build-gpu/libcoil_nccl.so .gpu/lib/
   # every library the programs load that is not part of the C runtime or of CUDA
-  for f in .gpu/coil_tests .gpu/nccl_check .gpu/lib/libcoil.so; do
+  for f in .gpu/coil_tests .gpu/nccl_check .gpu/bench_cuda .gpu/lib/libcoil.so; do
     ldd "$f" | awk '/=> \//{print $3}'
   done | sort -u | grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libgcc_s|libstdc\+\+)\.so|cuda|nccl|cublas' |
     while read -r lib; do cp -L "$lib" .gpu/lib/; done
-  strip --strip-unneeded .gpu/coil_tests .gpu/nccl_check .gpu/lib/*.so* 2>/dev/null
+  strip --strip-unneeded .gpu/coil_tests .gpu/nccl_check .gpu/bench_cuda .gpu/lib/*.so* 2>/dev/null
   du -sh .gpu
 }
 
@@ -58,10 +58,12 @@ run() {
   step cuda_suite .gpu/coil_tests --test-suite=cuda
   step nccl_check .gpu/nccl_check
   step core_on_cpu .gpu/coil_tests --test-suite=core.tensor,ops.binary,ops.reduce,ops.softmax
+  step bench_cuda .gpu/bench_cuda
   if [ -n "${OUT:-}" ]; then cp gpu_*.log "$OUT/" 2>/dev/null; fi
   echo
   echo "== gpu_check"
   printf '%s\n' "${results[@]}"
+  grep -h "^bench=" gpu_bench_cuda.log 2>/dev/null
 }
 
 case "$mode" in
