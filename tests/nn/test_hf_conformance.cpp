@@ -316,10 +316,10 @@ TEST_SUITE("nn.hf") {
     nn::HybridConfig c = nn::HybridConfig::load(fixture_dir("granite_moe_g2") + "/config.json");
     CHECK(c.layer_types == std::vector<std::string>{"mamba", "mamba"});
     CHECK(c.vocab_size == 59);
-    CHECK(c.num_local_experts == 6);
+    CHECK(c.num_local_experts == 4);
     CHECK(c.num_experts_per_tok == 2);
-    CHECK(c.intermediate_size == 24);
-    CHECK(c.shared_intermediate_size == 16);
+    CHECK(c.intermediate_size == 12);
+    CHECK(c.shared_intermediate_size == 8);
     CHECK(c.mamba_n_groups == 2);
     CHECK(c.mamba_d_head == 16);
     CHECK(c.embedding_multiplier == 3.0);
