@@ -39,6 +39,26 @@ void check_same(const Tensor& got, const Tensor& ref, const std::string& what, d
 
 Tensor gpu(const Tensor& t) { return t.to(kGpu); }
 
+// Runs f on leaf copies of `inputs` on the CPU and on the GPU (f gets the leaves and a function
+// that puts a tensor on their device; it calls backward itself and returns its outputs), then
+// compares the outputs and every input's gradient, names[i] naming input i.
+void compare_with_grads(
+    const TensorList& inputs,
+    const std::function<TensorList(const TensorList&, const std::function<Tensor(Tensor)>&)>& f,
+    const std::vector<std::string>& names, double out_tol, double grad_tol) {
+  TensorList cpu_in, gpu_in;
+  for (const Tensor& v : inputs) {
+    cpu_in.push_back(v.detach().requires_grad_());
+    gpu_in.push_back(gpu(v).detach().requires_grad_());
+  }
+  const TensorList rc = f(cpu_in, [](Tensor t) { return t; });
+  const TensorList rg = f(gpu_in, [](Tensor t) { return gpu(t); });
+  for (size_t i = 0; i < rc.size(); ++i)
+    check_same(rg[i], rc[i], "output " + std::to_string(i), out_tol);
+  for (size_t i = 0; i < inputs.size(); ++i)
+    check_same(gpu_in[i].grad(), cpu_in[i].grad(), names[i], grad_tol);
+}
+
 }  // namespace
 
 TEST_SUITE("cuda") {
@@ -320,17 +340,16 @@ TEST_SUITE("cuda") {
 
   TEST_CASE("grouped_mm: groups of rows, empty groups, and its gradients") {
     manual_seed(10);
-    Tensor x = ct::rnd({37, 16}, kF64), w = ct::rnd({4, 16, 9}, kF64);
     Tensor offsets = tensor(std::vector<int64_t>{0, 10, 10, 30, 37}, {5});
-    Tensor xc = x.detach().requires_grad_(), wc = w.detach().requires_grad_();
-    Tensor xg = gpu(x).detach().requires_grad_(), wg = gpu(w).detach().requires_grad_();
-    Tensor yc = grouped_mm(xc, wc, offsets), yg = grouped_mm(xg, wg, offsets);
-    check_same(yg, yc, "grouped_mm");
     Tensor g = ct::rnd({37, 9}, kF64);
-    (yc * g).sum().backward();
-    (yg * gpu(g)).sum().backward();
-    check_same(xg.grad(), xc.grad(), "grouped_mm dx");
-    check_same(wg.grad(), wc.grad(), "grouped_mm dw (the empty group's is zero)");
+    compare_with_grads(
+        {ct::rnd({37, 16}, kF64), ct::rnd({4, 16, 9}, kF64)},
+        [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
+          Tensor y = grouped_mm(v[0], v[1], offsets);
+          (y * on(g)).sum().backward();
+          return TensorList{y};
+        },
+        {"grouped_mm dx", "grouped_mm dw (the empty group's is zero)"}, -1, -1);
   }
 
   TEST_CASE("sort, argsort and topk: stable, NaN largest, any dim") {
@@ -365,22 +384,18 @@ TEST_SUITE("cuda") {
     manual_seed(11);
     for (DType t : {kF64, kF32}) {
       CAPTURE(t);
-      Tensor x = ct::rnd({3, 37, 10}, t), w = ct::rnd({10, 4}, t), b = ct::rnd({10}, t);
-      Tensor win = ct::rnd({3, 3, 10}, t), dy = ct::rnd({3, 37, 10}, t);
-      TensorList cpu_in{x, w, b, win}, gpu_in;
-      for (Tensor& v : cpu_in) v = v.detach().requires_grad_();
-      for (const Tensor& v : cpu_in) gpu_in.push_back(gpu(v).detach().requires_grad_());
-      auto run = [&](const TensorList& in, const Tensor& g) {
-        CausalConv1dOptions o;
-        o.bias = in[2];
-        o.initial_window = in[3];
-        Tensor y = causal_conv1d(in[0], in[1], o).first;
-        (y * g).sum().backward();
-        return y;
-      };
-      check_same(run(gpu_in, gpu(dy)), run(cpu_in, dy), "causal_conv1d");
-      const char* names[] = {"dx", "dw", "dbias", "dwindow"};
-      for (int i = 0; i < 4; ++i) check_same(gpu_in[i].grad(), cpu_in[i].grad(), names[i]);
+      Tensor dy = ct::rnd({3, 37, 10}, t);
+      compare_with_grads(
+          {ct::rnd({3, 37, 10}, t), ct::rnd({10, 4}, t), ct::rnd({10}, t), ct::rnd({3, 3, 10}, t)},
+          [&](const TensorList& in, const std::function<Tensor(Tensor)>& on) {
+            CausalConv1dOptions o;
+            o.bias = in[2];
+            o.initial_window = in[3];
+            Tensor y = causal_conv1d(in[0], in[1], o).first;
+            (y * on(dy)).sum().backward();
+            return TensorList{y};
+          },
+          {"dx", "dw", "dbias", "dwindow"}, -1, -1);
     }
   }
 
@@ -388,68 +403,51 @@ TEST_SUITE("cuda") {
     manual_seed(12);
     for (DType t : {kF64, kF32}) {
       CAPTURE(t);
+      const double out_tol = t == kF32 ? 2e-5 : -1, grad_tol = t == kF32 ? 1e-4 : 1e-10;
       // Mamba-1: dim 12 in 2 groups, N 40 (two states per lane), L 150 (three checkpoints)
       {
         const int64_t Bt = 2, L = 150, D = 12, N = 40, G = 2;
-        TensorList in{
-            ct::rnd({Bt, L, D}, t),    ct::rnd({Bt, L, D}, t, -3, 1), -ct::rnd({D, N}, t, 0.2, 2),
-            ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t),     ct::rnd({D}, t),
-            ct::rnd({Bt, L, D}, t),    ct::rnd({D}, t, -1, 1),        ct::rnd({Bt, D, N}, t)};
-        TensorList gin;
-        for (Tensor& v : in) v = v.detach().requires_grad_();
-        for (const Tensor& v : in) gin.push_back(gpu(v).detach().requires_grad_());
         Tensor dy = ct::rnd({Bt, L, D}, t), dfin = ct::rnd({Bt, D, N}, t);
-        auto run = [&](const TensorList& v, const Tensor& g, const Tensor& gf) {
-          SelectiveScanOptions o;
-          o.D = v[5];
-          o.z = v[6];
-          o.delta_bias = v[7];
-          o.initial_state = v[8];
-          o.delta_softplus = true;
-          o.return_final_state = true;
-          auto [y, fin] = selective_scan(v[0], v[1], v[2], v[3], v[4], o);
-          ((y * g).sum() + (fin * gf).sum()).backward();
-          return std::make_pair(y, fin);
-        };
-        auto rc = run(in, dy, dfin);
-        auto rg = run(gin, gpu(dy), gpu(dfin));
-        check_same(rg.first, rc.first, "selective_scan y", t == kF32 ? 2e-5 : -1);
-        check_same(rg.second, rc.second, "selective_scan final state", t == kF32 ? 2e-5 : -1);
-        const char* names[] = {"du", "ddelta", "dA",          "dB",   "dC",
-                               "dD", "dz",     "ddelta_bias", "dinit"};
-        for (int i = 0; i < 9; ++i)
-          check_same(gin[i].grad(), in[i].grad(), names[i], t == kF32 ? 1e-4 : 1e-10);
+        compare_with_grads(
+            {ct::rnd({Bt, L, D}, t), ct::rnd({Bt, L, D}, t, -3, 1), -ct::rnd({D, N}, t, 0.2, 2),
+             ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t), ct::rnd({D}, t),
+             ct::rnd({Bt, L, D}, t), ct::rnd({D}, t, -1, 1), ct::rnd({Bt, D, N}, t)},
+            [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
+              SelectiveScanOptions o;
+              o.D = v[5];
+              o.z = v[6];
+              o.delta_bias = v[7];
+              o.initial_state = v[8];
+              o.delta_softplus = true;
+              o.return_final_state = true;
+              auto [y, fin] = selective_scan(v[0], v[1], v[2], v[3], v[4], o);
+              ((y * on(dy)).sum() + (fin * on(dfin)).sum()).backward();
+              return TensorList{y, fin};
+            },
+            {"du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinit"}, out_tol,
+            grad_tol);
       }
       // Mamba-2: 4 heads of 8 in 2 groups, N 64, L 100
       {
         const int64_t Bt = 2, L = 100, H = 4, P = 8, N = 64, G = 2;
-        TensorList in{
-            ct::rnd({Bt, L, H, P}, t), ct::rnd({Bt, L, H}, t, -3, 1), -ct::rnd({H}, t, 0.2, 2),
-            ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t),     ct::rnd({H}, t),
-            ct::rnd({Bt, L, H, P}, t), ct::rnd({H}, t, -1, 1),        ct::rnd({Bt, H, P, N}, t)};
-        TensorList gin;
-        for (Tensor& v : in) v = v.detach().requires_grad_();
-        for (const Tensor& v : in) gin.push_back(gpu(v).detach().requires_grad_());
         Tensor dy = ct::rnd({Bt, L, H, P}, t), dfin = ct::rnd({Bt, H, P, N}, t);
-        auto run = [&](const TensorList& v, const Tensor& g, const Tensor& gf) {
-          SsdScanOptions o;
-          o.D = v[5];
-          o.z = v[6];
-          o.dt_bias = v[7];
-          o.initial_state = v[8];
-          o.dt_softplus = true;
-          o.return_final_state = true;
-          auto [y, fin] = ssd_scan(v[0], v[1], v[2], v[3], v[4], 16, o);
-          ((y * g).sum() + (fin * gf).sum()).backward();
-          return std::make_pair(y, fin);
-        };
-        auto rc = run(in, dy, dfin);
-        auto rg = run(gin, gpu(dy), gpu(dfin));
-        check_same(rg.first, rc.first, "ssd_scan y", t == kF32 ? 2e-5 : -1);
-        check_same(rg.second, rc.second, "ssd_scan final state", t == kF32 ? 2e-5 : -1);
-        const char* names[] = {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"};
-        for (int i = 0; i < 9; ++i)
-          check_same(gin[i].grad(), in[i].grad(), names[i], t == kF32 ? 1e-4 : 1e-10);
+        compare_with_grads(
+            {ct::rnd({Bt, L, H, P}, t), ct::rnd({Bt, L, H}, t, -3, 1), -ct::rnd({H}, t, 0.2, 2),
+             ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t), ct::rnd({H}, t),
+             ct::rnd({Bt, L, H, P}, t), ct::rnd({H}, t, -1, 1), ct::rnd({Bt, H, P, N}, t)},
+            [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
+              SsdScanOptions o;
+              o.D = v[5];
+              o.z = v[6];
+              o.dt_bias = v[7];
+              o.initial_state = v[8];
+              o.dt_softplus = true;
+              o.return_final_state = true;
+              auto [y, fin] = ssd_scan(v[0], v[1], v[2], v[3], v[4], 16, o);
+              ((y * on(dy)).sum() + (fin * on(dfin)).sum()).backward();
+              return TensorList{y, fin};
+            },
+            {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"}, out_tol, grad_tol);
       }
     }
   }
