@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -141,7 +143,55 @@ Entry parse_entry(const std::string& path, const std::string& name, const json::
   return e;
 }
 
+// CRC-32C (Castagnoli) of n bytes: the SSE4.2 instruction when the CPU has it, else a table.
+uint32_t crc32c_table_update(uint32_t crc, const unsigned char* p, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return crc;
+}
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_hw_update(uint32_t crc, const unsigned char* p,
+                                                            size_t n) {
+  uint64_t c = crc;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    std::memcpy(&v, p + i, 8);
+    c = __builtin_ia32_crc32di(c, v);
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  for (; i < n; ++i) c32 = __builtin_ia32_crc32qi(c32, p[i]);
+  return c32;
+}
+#endif
+// Checksums coil writes into __metadata__, one per tensor; they are checked on load and kept out
+// of SafetensorsFile::metadata.
+constexpr std::string_view kCrcPrefix = "coil.crc32c.";
+
+std::string hex32(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof(buf), "%08x", v);
+  return buf;
+}
+
 }  // namespace
+
+uint32_t crc32c(const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  if (hw) return ~crc32c_hw_update(~0u, p, n);
+#endif
+  return ~crc32c_table_update(~0u, p, n);
+}
 
 const char* safetensors_dtype_name(DType t) {
   switch (t) {
@@ -200,6 +250,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
   SafetensorsFile out;
   std::vector<Entry> entries;
+  std::unordered_map<std::string, std::string> checksums;  // tensor name -> crc32c (hex)
   for (const auto& [name, v] : header.members()) {
     if (name == "__metadata__") {
       COIL_CHECK(v.is_object(), "load_safetensors: '", path,
@@ -207,7 +258,10 @@ SafetensorsFile load_safetensors(const std::string& path) {
       for (const auto& [k, s] : v.members()) {
         COIL_CHECK(s.is_string(), "load_safetensors: '", path, "': __metadata__ value of '", k,
                    "' must be a string, got a ", s.type_name());
-        out.metadata.emplace_back(k, s.as_string());
+        if (k.rfind(kCrcPrefix, 0) == 0)
+          checksums.emplace(k.substr(kCrcPrefix.size()), s.as_string());
+        else
+          out.metadata.emplace_back(k, s.as_string());
       }
       continue;
     }
@@ -242,6 +296,17 @@ SafetensorsFile load_safetensors(const std::string& path) {
              " (trailing bytes belong to no tensor)");
 
   const unsigned char* data = base + 8 + n;
+  // A file coil wrote carries a checksum per tensor: a flipped bit is an error, not a weight.
+  for (const auto& [name, want] : checksums) {
+    auto it = std::find_if(entries.begin(), entries.end(),
+                           [&](const Entry& e) { return e.name == name; });
+    COIL_CHECK(it != entries.end(), "load_safetensors: '", path, "': a checksum names tensor '",
+               name, "', which the file lacks");
+    const std::string got = hex32(crc32c(data + it->begin, it->end - it->begin));
+    COIL_CHECK(got == want, "load_safetensors: '", path, "': tensor '", name,
+               "' does not match its checksum (crc32c ", got, ", stored ", want,
+               "): the file is corrupted");
+  }
   out.tensors.reserve(entries.size());
   for (const Entry& e : entries) {
     const unsigned char* p = data + e.begin;
@@ -262,16 +327,27 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const Metadata& metadata) {
+  // The bytes as they will be written: CPU and contiguous (a copy only where needed).
+  auto bytes_of = [](const Tensor& t) {
+    Tensor c = t.detach();
+    if (!c.device().is_cpu()) c = c.to(Device(kCPU));
+    return c.contiguous();
+  };
   json::Value header = json::Value::object();
-  if (!metadata.empty()) {
-    json::Value meta = json::Value::object();
-    for (const auto& [k, v] : metadata) {
-      COIL_CHECK(!meta.contains(k), "save_safetensors: '", path, "': duplicate metadata key '", k,
-                 "'");
-      meta.set(k, v);
-    }
-    header.set("__metadata__", std::move(meta));
+  json::Value meta = json::Value::object();
+  for (const auto& [k, v] : metadata) {
+    COIL_CHECK(!meta.contains(k), "save_safetensors: '", path, "': duplicate metadata key '", k,
+               "'");
+    COIL_CHECK(k.rfind(kCrcPrefix, 0) != 0, "save_safetensors: '", path, "': metadata key '", k,
+               "' is reserved for coil's checksums");
+    meta.set(k, v);
   }
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined()) continue;  // reported below
+    const Tensor c = bytes_of(t);
+    meta.set(std::string(kCrcPrefix) + name, hex32(crc32c(c.raw_data(), c.nbytes())));
+  }
+  header.set("__metadata__", std::move(meta));
   std::unordered_set<std::string> seen;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
@@ -301,9 +377,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
     std::fwrite(len, 1, 8, f);
     std::fwrite(text.data(), 1, text.size(), f);
     for (const auto& [name, t] : tensors) {
-      Tensor c = t.detach();
-      if (!c.device().is_cpu()) c = c.to(Device(kCPU));
-      c = c.contiguous();  // one copy alive at a time
+      const Tensor c = bytes_of(t);  // one copy alive at a time
       if (c.nbytes()) std::fwrite(c.raw_data(), 1, c.nbytes(), f);
     }
   });

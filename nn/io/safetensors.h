@@ -7,6 +7,11 @@
 // tensor. Bad files (truncated, absurd header, bad JSON, wrong sizes, offsets outside the data)
 // throw coil::Error naming the file and the tensor, never crash.
 //
+// Checksums: save_safetensors writes a CRC-32C per tensor into __metadata__ ("coil.crc32c.<name>",
+// 8 hex digits); load_safetensors checks every one it finds (files from elsewhere have none) and
+// reports a mismatch as coil::Error naming the file and the tensor. They are not part of the
+// returned metadata. Checking reads every byte of the file once.
+//
 // Loading maps the file (mmap, MAP_PRIVATE) and the returned tensors view the mapping, which
 // they keep alive; a tensor whose bytes are not aligned for its dtype is copied instead. Treat
 // loaded tensors as read-only: clone() before modifying one (a write would stay private to this
@@ -34,6 +39,9 @@ struct SafetensorsFile {
   std::vector<std::string> names() const;
   size_t size() const { return tensors.size(); }
 };
+
+// CRC-32C (Castagnoli) of n bytes, the checksum of each saved tensor.
+uint32_t crc32c(const void* data, size_t n);
 
 // The safetensors name of a dtype ("F32") and back (coil::Error for names coil lacks).
 const char* safetensors_dtype_name(DType t);

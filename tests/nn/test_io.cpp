@@ -338,6 +338,41 @@ TEST_SUITE("nn.io") {
     CHECK(io::load_safetensors(d.file("none.safetensors")).size() == 0);
   }
 
+  TEST_CASE("safetensors: a checksum per tensor finds a flipped bit") {
+    // the CRC-32C check value of the standard test vector
+    CHECK(io::crc32c("123456789", 9) == 0xE3069283u);
+    CHECK(io::crc32c("", 0) == 0u);
+    TempDir d;
+    const std::string path = d.file("ck.safetensors");
+    Tensor w = ct::rnd({64, 33}), v = ct::rnd({1000}, kF64);
+    io::save_safetensors(path, {{"w", w}, {"v", v}}, {{"format", "pt"}});
+    io::SafetensorsFile f = io::load_safetensors(path);
+    CHECK(f.metadata == io::Metadata{{"format", "pt"}});  // checksums stay inside the file
+    CHECK(ct::vals(f.at("v")) == ct::vals(v));
+    // flip one bit of v's bytes (the end of the file), then one of w's
+    std::string bytes = read_bytes(path);
+    bytes[bytes.size() - 3] ^= 0x10;
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+    ct::check_error([&] { io::load_safetensors(path); },
+                    {"load_safetensors", "ck.safetensors", "tensor 'v'", "checksum", "corrupted"});
+    bytes[bytes.size() - 3] ^= 0x10;
+    bytes[bytes.size() - 8000 - 100] ^= 0x01;
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+    ct::check_error([&] { io::load_safetensors(path); }, {"tensor 'w'", "checksum"});
+    // the key space is coil's
+    ct::check_error(
+        [&] {
+          io::save_safetensors(d.file("k.safetensors"), {{"w", w}}, {{"coil.crc32c.w", "0"}});
+        },
+        {"save_safetensors", "reserved"});
+  }
+
   TEST_CASE("safetensors: saved files have the layout Hugging Face reads") {
     TempDir d;
     std::string path = d.file("x.safetensors");
@@ -351,7 +386,14 @@ TEST_SUITE("nn.io") {
     CHECK(n % 8 == 0);  // the data region starts 8-byte aligned
     REQUIRE(bytes.size() == 8 + n + 8 + 12 + 1);
     std::string header = bytes.substr(8, n);
-    std::string expect = R"({"__metadata__":{"format":"pt"},)"
+    auto crc = [](const std::string& data) {
+      char buf[9];
+      std::snprintf(buf, sizeof(buf), "%08x", io::crc32c(data.data(), data.size()));
+      return std::string(buf);
+    };
+    std::string expect = R"({"__metadata__":{"format":"pt","coil.crc32c.b_first":")" + crc(raw(b)) +
+                         R"(","coil.crc32c.a":")" + crc(raw(a)) + R"(","coil.crc32c.c":")" +
+                         crc(std::string("\x01", 1)) + R"("},)" +
                          R"("b_first":{"dtype":"I64","shape":[1,1],"data_offsets":[0,8]},)"
                          R"("a":{"dtype":"F32","shape":[3],"data_offsets":[8,20]},)"
                          R"("c":{"dtype":"BOOL","shape":[1],"data_offsets":[20,21]}})";
