@@ -76,6 +76,31 @@ inline coil::nn::HybridConfig tiny_hybrid() {
   return c;
 }
 
+// The scans' options from the inputs list the scan tests share,
+// {x, delta, A, B, C, D, z, delta_bias, initial_state}: every optional input on, the final state
+// returned.
+inline coil::SelectiveScanOptions selective_options(const coil::TensorList& v,
+                                                    bool softplus = true) {
+  coil::SelectiveScanOptions o;
+  o.D = v[5];
+  o.z = v[6];
+  o.delta_bias = v[7];
+  o.initial_state = v[8];
+  o.delta_softplus = softplus;
+  o.return_final_state = true;
+  return o;
+}
+inline coil::SsdScanOptions ssd_options(const coil::TensorList& v, bool softplus = true) {
+  coil::SsdScanOptions o;
+  o.D = v[5];
+  o.z = v[6];
+  o.dt_bias = v[7];
+  o.initial_state = v[8];
+  o.dt_softplus = softplus;
+  o.return_final_state = true;
+  return o;
+}
+
 // A tensor with random values in [lo, hi), in dtype, optionally as a non-contiguous view
 // (a transposed copy transposed back, so the values are the same but the strides are not).
 inline Tensor rnd(const Shape& s, coil::DType t = coil::kF32, double lo = -2, double hi = 2,

@@ -327,59 +327,71 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const Metadata& metadata) {
-  // The bytes as they will be written: CPU and contiguous (a copy only where needed).
-  auto bytes_of = [](const Tensor& t) {
-    Tensor c = t.detach();
-    if (!c.device().is_cpu()) c = c.to(Device(kCPU));
-    return c.contiguous();
-  };
-  json::Value header = json::Value::object();
-  json::Value meta = json::Value::object();
-  for (const auto& [k, v] : metadata) {
-    COIL_CHECK(!meta.contains(k), "save_safetensors: '", path, "': duplicate metadata key '", k,
-               "'");
+  for (const auto& [k, v] : metadata)
     COIL_CHECK(k.rfind(kCrcPrefix, 0) != 0, "save_safetensors: '", path, "': metadata key '", k,
                "' is reserved for coil's checksums");
-    meta.set(k, v);
-  }
-  for (const auto& [name, t] : tensors) {
-    if (!t.defined()) continue;  // reported below
-    const Tensor c = bytes_of(t);
-    meta.set(std::string(kCrcPrefix) + name, hex32(crc32c(c.raw_data(), c.nbytes())));
-  }
-  header.set("__metadata__", std::move(meta));
   std::unordered_set<std::string> seen;
-  uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     COIL_CHECK(!name.empty() && name != "__metadata__", "save_safetensors: '", path,
                "': invalid tensor name '", name, "'");
     COIL_CHECK(seen.insert(name).second, "save_safetensors: '", path, "': duplicate tensor name '",
                name, "'");
     COIL_CHECK(t.defined(), "save_safetensors: '", path, "': tensor '", name, "' is undefined");
-    json::Value e = json::Value::object();
-    e.set("dtype", safetensors_dtype_name(t.dtype()));
-    json::Value shape = json::Value::array();
-    for (int64_t d : t.sizes()) shape.push_back(d);
-    e.set("shape", std::move(shape));
-    json::Value offs = json::Value::array();
-    offs.push_back(offset);
-    offset += t.nbytes();
-    offs.push_back(offset);
-    e.set("data_offsets", std::move(offs));
-    header.members().emplace_back(name, std::move(e));  // unique: checked above
   }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');  // so the data starts 8-byte aligned
+  // The header with the given checksums (8 hex digits each, so its length never depends on them),
+  // padded so that the data starts 8-byte aligned.
+  auto header_text = [&](const std::vector<uint32_t>& crcs) {
+    json::Value header = json::Value::object();
+    json::Value meta = json::Value::object();
+    for (const auto& [k, v] : metadata) {
+      COIL_CHECK(!meta.contains(k), "save_safetensors: '", path, "': duplicate metadata key '", k,
+                 "'");
+      meta.set(k, v);
+    }
+    for (size_t i = 0; i < tensors.size(); ++i)
+      meta.set(std::string(kCrcPrefix) + tensors[i].first, hex32(crcs[i]));
+    header.set("__metadata__", std::move(meta));
+    uint64_t offset = 0;
+    for (const auto& [name, t] : tensors) {
+      json::Value e = json::Value::object();
+      e.set("dtype", safetensors_dtype_name(t.dtype()));
+      json::Value shape = json::Value::array();
+      for (int64_t d : t.sizes()) shape.push_back(d);
+      e.set("shape", std::move(shape));
+      json::Value offs = json::Value::array();
+      offs.push_back(offset);
+      offset += t.nbytes();
+      offs.push_back(offset);
+      e.set("data_offsets", std::move(offs));
+      header.members().emplace_back(name, std::move(e));  // unique: checked above
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    return text;
+  };
+  std::vector<uint32_t> crcs(tensors.size(), 0);
+  const std::string placeholder = header_text(crcs);
   unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(uint64_t(text.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    len[i] = static_cast<unsigned char>(uint64_t(placeholder.size()) >> (8 * i));
 
+  // One pass over the data: each tensor's bytes are written and summed from one CPU, contiguous
+  // copy (one alive at a time); the header goes in first with zero checksums and is rewritten in
+  // place once they are known.
   write_file_atomic(path, [&](std::FILE* f) {
     std::fwrite(len, 1, 8, f);
-    std::fwrite(text.data(), 1, text.size(), f);
-    for (const auto& [name, t] : tensors) {
-      const Tensor c = bytes_of(t);  // one copy alive at a time
+    std::fwrite(placeholder.data(), 1, placeholder.size(), f);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      Tensor c = tensors[i].second.detach();
+      if (!c.device().is_cpu()) c = c.to(Device(kCPU));
+      c = c.contiguous();
+      crcs[i] = crc32c(c.raw_data(), c.nbytes());
       if (c.nbytes()) std::fwrite(c.raw_data(), 1, c.nbytes(), f);
     }
+    const std::string text = header_text(crcs);
+    COIL_CHECK(text.size() == placeholder.size(), "save_safetensors: header length changed");
+    COIL_CHECK(std::fseek(f, 8, SEEK_SET) == 0, "save_safetensors: cannot seek in '", path, "'");
+    std::fwrite(text.data(), 1, text.size(), f);
   });
 }
 

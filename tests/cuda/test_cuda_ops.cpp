@@ -413,13 +413,7 @@ TEST_SUITE("cuda") {
              ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t), ct::rnd({D}, t),
              ct::rnd({Bt, L, D}, t), ct::rnd({D}, t, -1, 1), ct::rnd({Bt, D, N}, t)},
             [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
-              SelectiveScanOptions o;
-              o.D = v[5];
-              o.z = v[6];
-              o.delta_bias = v[7];
-              o.initial_state = v[8];
-              o.delta_softplus = true;
-              o.return_final_state = true;
+              const SelectiveScanOptions o = ct::selective_options(v);
               auto [y, fin] = selective_scan(v[0], v[1], v[2], v[3], v[4], o);
               ((y * on(dy)).sum() + (fin * on(dfin)).sum()).backward();
               return TensorList{y, fin};
@@ -436,13 +430,7 @@ TEST_SUITE("cuda") {
              ct::rnd({Bt, L, G, N}, t), ct::rnd({Bt, L, G, N}, t), ct::rnd({H}, t),
              ct::rnd({Bt, L, H, P}, t), ct::rnd({H}, t, -1, 1), ct::rnd({Bt, H, P, N}, t)},
             [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
-              SsdScanOptions o;
-              o.D = v[5];
-              o.z = v[6];
-              o.dt_bias = v[7];
-              o.initial_state = v[8];
-              o.dt_softplus = true;
-              o.return_final_state = true;
+              const SsdScanOptions o = ct::ssd_options(v);
               auto [y, fin] = ssd_scan(v[0], v[1], v[2], v[3], v[4], 16, o);
               ((y * on(dy)).sum() + (fin * on(dfin)).sum()).backward();
               return TensorList{y, fin};

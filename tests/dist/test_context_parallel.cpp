@@ -88,26 +88,14 @@ TEST_SUITE("dist") {
         cp.passing = passing;
         check_cp_scan(
             [](const TensorList& v, const dist::ContextParallel* c) {
-              SelectiveScanOptions o;
-              o.D = v[5];
-              o.z = v[6];
-              o.delta_bias = v[7];
-              o.initial_state = v[8];
-              o.delta_softplus = true;
-              o.return_final_state = true;
+              const SelectiveScanOptions o = ct::selective_options(v);
               return c ? dist::cp_selective_scan(v[0], v[1], v[2], v[3], v[4], o, *c)
                        : selective_scan(v[0], v[1], v[2], v[3], v[4], o);
             },
             {u, delta, A, B, C, D, z, bias, h0}, wy, wh, pc, cp);
         check_cp_scan(
             [](const TensorList& v, const dist::ContextParallel* c) {
-              SsdScanOptions o;
-              o.D = v[5];
-              o.z = v[6];
-              o.dt_bias = v[7];
-              o.initial_state = v[8];
-              o.dt_softplus = true;
-              o.return_final_state = true;
+              const SsdScanOptions o = ct::ssd_options(v);
               return c ? dist::cp_ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o, *c)
                        : ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o);
             },

@@ -419,13 +419,7 @@ TEST_SUITE("ops.ssd_scan") {
       Problem pr = make_problem({2, 6, 4, 2, 2, 3}, f, kF64);
       ct::check_gradcheck(
           [&](const TensorList& v) {
-            SsdScanOptions o;
-            o.D = v[5];
-            o.z = v[6];
-            o.dt_bias = v[7];
-            o.initial_state = v[8];
-            o.dt_softplus = softplus;
-            o.return_final_state = true;
+            const SsdScanOptions o = ct::ssd_options(v, softplus);
             auto [y, fin] = ssd_scan(v[0], v[1], v[2], v[3], v[4], 4, o);
             return cat({y.flatten(), fin.flatten()}, 0);
           },
