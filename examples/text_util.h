@@ -63,15 +63,17 @@ class ProgressBar {
 struct MetricRow {
   int64_t step;
   double train_bpb, val_bpb, lr, tokens_per_s;  // val_bpb NaN where not measured
+  int64_t skipped_steps = 0;                    // steps so far skipped for non-finite gradients
 };
 
 inline void write_metrics(const std::string& path, const std::vector<MetricRow>& rows) {
   coil::io::write_file_atomic(path, [&](std::FILE* f) {
-    std::fprintf(f, "step,train_bits_per_byte,val_bits_per_byte,lr,tokens_per_s\n");
+    std::fprintf(f, "step,train_bits_per_byte,val_bits_per_byte,lr,tokens_per_s,skipped_steps\n");
     for (auto& r : rows) {
       std::fprintf(f, "%lld,%.6f,", static_cast<long long>(r.step), r.train_bpb);
       if (!std::isnan(r.val_bpb)) std::fprintf(f, "%.6f", r.val_bpb);
-      std::fprintf(f, ",%.6g,%.1f\n", r.lr, r.tokens_per_s);
+      std::fprintf(f, ",%.6g,%.1f,%lld\n", r.lr, r.tokens_per_s,
+                   static_cast<long long>(r.skipped_steps));
     }
   });
 }
@@ -88,7 +90,7 @@ inline std::vector<MetricRow> read_metrics(const std::string& path) {
     while (std::getline(ss, cell, ',')) f.push_back(cell);
     if (f.size() < 5) continue;
     rows.push_back({std::stoll(f[0]), std::stod(f[1]), f[2].empty() ? NAN : std::stod(f[2]),
-                    std::stod(f[3]), std::stod(f[4])});
+                    std::stod(f[3]), std::stod(f[4]), f.size() > 5 ? std::stoll(f[5]) : 0});
   }
   return rows;
 }

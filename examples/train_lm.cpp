@@ -5,6 +5,8 @@
 //   metrics.csv, loss.svg            the loss curve (open the SVG in a browser)
 //
 //   train_lm [--data FILE|DIR] [--mixer mamba|mamba2] [--steps N] [--out RUN] [--resume RUN] ...
+// Ctrl-C (SIGINT) or SIGTERM saves the checkpoint and exits (code 128 + signal); a second one
+// stops at once. --resume RUN continues exactly where the run stopped.
 #include <coil/coil.h>
 
 #include <chrono>
@@ -224,6 +226,8 @@ int main(int argc, char** argv) try {
   int64_t start_step = trainer.step(), smoothed_n = 0;
   demo::ProgressBar bar(a.steps);
   bool out_of_time = false;
+  int stop_signal = 0;  // SIGINT / SIGTERM: save and exit; --resume continues
+  nn::install_stop_handler();
   while (trainer.step() < a.steps) {
     double loss = trainer.train_step();
     const int64_t s = trainer.step();
@@ -237,9 +241,23 @@ int main(int argc, char** argv) try {
       dist::broadcast(stop, 0);
       out_of_time = stop.item<int32_t>() != 0;
     }
+    stop_signal = nn::stop_requested_by_any_rank();
+    if (stop_signal) {  // no evaluation: save what the run has and go
+      metrics.push_back({s, loss / kLn2, NAN, trainer.lr(), tok_s, trainer.skipped_steps()});
+      trainer.save_checkpoint(ckpt);
+      if (main_rank) {
+        demo::write_metrics(csv, metrics);
+        bar.finish_line();
+        std::printf("%s at step %lld: saved %s; continue with --resume %s\n",
+                    nn::signal_name(stop_signal), static_cast<long long>(s), ckpt.c_str(),
+                    a.out.c_str());
+      }
+      return 128 + stop_signal;
+    }
     const bool eval_now = s % a.eval_every == 0 || s == a.steps || out_of_time;
     if (eval_now) val_bpb = trainer.evaluate(a.eval_batches) / kLn2;
-    metrics.push_back({s, loss / kLn2, eval_now ? val_bpb : NAN, trainer.lr(), tok_s});
+    metrics.push_back(
+        {s, loss / kLn2, eval_now ? val_bpb : NAN, trainer.lr(), tok_s, trainer.skipped_steps()});
     if (main_rank)
       bar.update(s, smoothed / kLn2, tok_s, elapsed, (a.steps - s) * elapsed / (s - start_step));
     if (eval_now) {
@@ -268,6 +286,9 @@ int main(int argc, char** argv) try {
   const double secs = std::chrono::duration<double>(clock::now() - t0).count();
   std::printf("final validation loss: %.3f bits/byte (step %lld, %.0f s)\n", val_bpb,
               static_cast<long long>(trainer.step()), secs);
+  if (trainer.skipped_steps() > 0)
+    std::printf("skipped %lld steps whose gradients were NaN or Inf (metrics.csv: skipped_steps)\n",
+                static_cast<long long>(trainer.skipped_steps()));
   std::printf(
       "wrote %s/{config.json, model.safetensors, checkpoint.safetensors, metrics.csv, loss.svg}\n",
       a.out.c_str());

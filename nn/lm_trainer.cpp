@@ -157,8 +157,14 @@ double LMTrainer::train_step() {
     dist::all_reduce(v, dist::ReduceOp::kSum);
     value = v.item<double>();
   }
-  if (o_.grad_clip > 0) optim::clip_grad_norm_(model_->parameters(), o_.grad_clip);
-  opt_->step();
+  if (o_.skip_nonfinite) {
+    const optim::GuardedStep g = optim::step_if_finite(*opt_, model_->parameters(), o_.grad_clip);
+    last_norm_ = g.grad_norm;
+    skipped_ += g.skipped;
+  } else {
+    last_norm_ = o_.grad_clip > 0 ? optim::clip_grad_norm_(model_->parameters(), o_.grad_clip) : 0;
+    opt_->step();
+  }
   sched_->step();
   ++step_;
   return value;
@@ -196,6 +202,7 @@ void LMTrainer::save_checkpoint(const std::string& path) const {
                        {"rng_seed", std::to_string(rng.seed)},
                        {"rng_offset", std::to_string(rng.offset)},
                        {"scheduler_step", std::to_string(sched_->last_step())},
+                       {"skipped_steps", std::to_string(skipped_)},
                        {"config", model_->config().to_json()}};
   io::save_safetensors(path, tensors, meta);
 }
@@ -242,6 +249,9 @@ void LMTrainer::load_checkpoint(const std::string& path) {
   step_ = static_cast<int64_t>(as_u64("step"));
   o_.data_seed = as_u64("data_seed");
   sched_->set_step(static_cast<int64_t>(as_u64("scheduler_step")));
+  skipped_ = 0;  // absent from checkpoints written before the guard existed
+  for (auto& [k, v] : f.metadata)
+    if (k == "skipped_steps") skipped_ = static_cast<int64_t>(as_u64("skipped_steps"));
   set_rng_state({as_u64("rng_seed"), as_u64("rng_offset")});
 }
 

@@ -43,6 +43,9 @@ struct TrainOptions {
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95;
   double grad_clip = 1.0;
+  // A step whose gradients hold NaN or Inf is skipped (no update, counted in skipped_steps())
+  // instead of spreading the NaN into every parameter; the data and the schedule move on.
+  bool skip_nonfinite = true;
   uint64_t data_seed = 1234;
   // Under mpirun: every rank trains on its equal slice of each batch (batch / world size rows)
   // and gradients are averaged over the world (nn::DataParallel), so the run computes what one
@@ -69,6 +72,10 @@ class LMTrainer {
   // Mean validation loss (nats per byte) over `batches` fixed validation batches.
   double evaluate(int64_t batches) const;
   int64_t step() const { return step_; }
+  // Steps skipped by the non-finite guard so far (saved in checkpoints).
+  int64_t skipped_steps() const { return skipped_; }
+  // The gradients' norm of the last step (before clipping; NaN or Inf when it was skipped).
+  double last_grad_norm() const { return last_norm_; }
   double lr() const { return opt_->lr(); }
   int64_t tokens_per_step() const { return o_.batch * o_.seq_len; }
   MambaLM& model() const { return *model_; }
@@ -94,7 +101,8 @@ class LMTrainer {
   // This rank's loss (sum over its tokens / tokens of the global batch) on a window (rows,
   // L + 1); under context parallelism on this rank's piece of the sequence.
   Tensor local_loss(const Tensor& window, int64_t global_rows) const;
-  int64_t step_ = 0;
+  int64_t step_ = 0, skipped_ = 0;
+  double last_norm_ = 0;
 };
 
 }  // namespace coil::nn

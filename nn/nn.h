@@ -9,6 +9,7 @@
 #include "hybrid.h"
 #include "module.h"
 #include "parallel.h"
+#include "stop_signal.h"
 #include "io/distributed_checkpoint.h"
 #include "io/file.h"
 #include "io/json.h"

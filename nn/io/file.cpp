@@ -44,6 +44,9 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
     int rc = std::fclose(f);
     f = nullptr;
     if (rc != 0) fail("write_file_atomic: closing '", tmp, "' failed: ", errno_str(errno));
+    // The directory too, before and after the rename: the temporary's entry is durable before
+    // it replaces the old file, and the rename itself is durable once this returns.
+    fsync_parent_dir(path);
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
       fail("write_file_atomic: renaming '", tmp, "' onto '", path, "' failed: ", errno_str(errno));
   } catch (const Error&) {

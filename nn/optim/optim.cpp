@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <unordered_map>
 #include <unordered_set>
@@ -511,6 +512,17 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
     for (Tensor& g : other) g.mul_(scale);
   }
   return norm;
+}
+
+GuardedStep step_if_finite(Optimizer& opt, const std::vector<Tensor>& params, double max_norm) {
+  const double norm =
+      clip_grad_norm_(params, max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity());
+  if (!std::isfinite(norm)) {
+    opt.zero_grad();
+    return {norm, true};
+  }
+  opt.step();
+  return {norm, false};
 }
 
 }  // namespace coil::optim

@@ -103,8 +103,20 @@ class AdamW : public Optimizer {
   std::vector<std::vector<Tensor>> m_, v_;
 };
 
-// Scales gradients so their global L2 norm is at most max_norm; returns the norm before.
+// Scales gradients so their global L2 norm is at most max_norm; returns the norm before. A NaN
+// or infinite norm scales nothing (and is returned).
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm);
+
+// The guard against non-finite gradients (an overflow, a bad batch): clips to max_norm (when
+// > 0), then runs opt.step() only if the gradients' norm is finite. A skipped step leaves the
+// parameters and the optimizer's state (moments, step count) exactly as they were and clears the
+// gradients. Under data parallelism call it after the gradients are reduced, so that every rank
+// sees the same norm and makes the same choice.
+struct GuardedStep {
+  double grad_norm;
+  bool skipped;
+};
+GuardedStep step_if_finite(Optimizer& opt, const std::vector<Tensor>& params, double max_norm);
 
 // ---- learning-rate schedules ----
 // A schedule is a multiplier of each group's base learning rate as a function of the step

@@ -110,6 +110,46 @@ TEST_SUITE("nn.optim") {
     ct::check_close(a, {1 - 0.2, -2, 3 - 0.2}, 1e-5, 1e-6);
   }
 
+  TEST_CASE("step_if_finite: a NaN batch is skipped and leaves no trace") {
+    // y = x w on batches of 4 rows; batch 2 holds a NaN. A guarded run must end where a run that
+    // never saw batch 2 ends, bit for bit, and that step must leave w and AdamW's state alone.
+    manual_seed(4);
+    std::vector<Tensor> xs, ys;
+    for (int k = 0; k < 6; ++k) {
+      xs.push_back(ct::rnd({4, 3}, kF64));
+      ys.push_back(ct::rnd({4, 1}, kF64));
+    }
+    xs[2].data_ptr<double>()[1 * 3 + 2] = NAN;
+    const Tensor w0 = ct::rnd({3, 1}, kF64);
+    auto run = [&](bool skip_bad_batch, std::vector<bool>* skipped) {
+      Tensor w = w0.clone().requires_grad_();
+      optim::AdamW opt({w}, optim::AdamWOptions{});
+      for (int k = 0; k < 6; ++k) {
+        if (skip_bad_batch && k == 2) continue;
+        opt.zero_grad();
+        square(matmul(xs[k], w) - ys[k]).mean().backward();
+        const std::vector<double> before = ct::vals(w);
+        const int64_t count = opt.step_count();
+        const optim::GuardedStep g = optim::step_if_finite(opt, {w}, 1.0);
+        if (skipped) skipped->push_back(g.skipped);
+        if (g.skipped) {
+          CHECK(std::isnan(g.grad_norm));
+          CHECK(ct::vals(w) == before);  // untouched, bit for bit
+          CHECK(opt.step_count() == count);
+          CHECK(!w.grad().defined());
+        } else {
+          CHECK(std::isfinite(g.grad_norm));
+        }
+      }
+      return ct::vals(w);
+    };
+    std::vector<bool> skipped;
+    const std::vector<double> guarded = run(false, &skipped);
+    CHECK(skipped == std::vector<bool>{false, false, true, false, false, false});
+    CHECK(guarded == run(true, nullptr));
+    for (double v : guarded) CHECK(std::isfinite(v));
+  }
+
   TEST_CASE("SGD with momentum, Nesterov and weight decay matches a reference") {
     for (bool nesterov : {false, true}) {
       Tensor p = tensor(std::vector<double>{1, -2}).requires_grad_();
