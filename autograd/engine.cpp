@@ -199,12 +199,14 @@ void run_backward(const TensorList& roots, const TensorList& root_grads, bool re
       }
     }
     TensorList in_grads;
+    // in anomaly mode the incoming gradients are the backward's inputs its message lists
+    const TensorList grads_in = anomaly_mode() ? grads : TensorList{};
     {
       AnomalyContext ctx(n->name);
       in_grads = n->apply(std::move(grads));
     }
     if (!retain_graph) n->release();
-    check_anomaly("backward of " + n->name, {}, in_grads);
+    check_anomaly("backward of " + n->name, grads_in, in_grads);
     for (size_t i = 0; i < n->next_edges.size(); ++i) {
       const Edge& e = n->next_edges[i];
       if (!e.valid()) continue;

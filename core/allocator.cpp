@@ -57,14 +57,19 @@ class CpuCachingAllocator final : public Allocator {
       it->second.pop_back();
       stats_.bytes_cached -= static_cast<int64_t>(b);
     } else {
+      const int64_t want = static_cast<int64_t>(b);
+      if (cap_ > 0 && stats_.bytes_in_use + stats_.bytes_cached + want > cap_) empty_cache_locked();
+      if (cap_ > 0 && stats_.bytes_in_use + want > cap_)
+        fail("allocate: ", nbytes, " bytes on cpu would pass the memory cap of ", cap_, " bytes (",
+             describe(stats_), ")");
       p = system_alloc(b);
       if (!p) {
         empty_cache_locked();
         p = system_alloc(b);
       }
       if (!p)
-        fail("allocate: out of memory asking for ", nbytes, " bytes (", stats_.bytes_in_use,
-             " in use)");
+        fail("allocate: out of memory asking for ", nbytes, " bytes on cpu (", describe(stats_),
+             ")");
       stats_.num_system_allocs++;
     }
     stats_.bytes_in_use += static_cast<int64_t>(b);
@@ -81,6 +86,14 @@ class CpuCachingAllocator final : public Allocator {
     free_[b].push_back(ptr);
     stats_.bytes_cached += static_cast<int64_t>(b);
 #endif
+  }
+  void set_memory_cap(int64_t bytes, int) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    cap_ = bytes;
+  }
+  int64_t memory_cap(int) const override {
+    std::lock_guard<std::mutex> lk(mu_);
+    return cap_;
   }
   AllocatorStats stats() const override {
     std::lock_guard<std::mutex> lk(mu_);
@@ -105,6 +118,7 @@ class CpuCachingAllocator final : public Allocator {
   mutable std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
   AllocatorStats stats_;
+  int64_t cap_ = 0;
 };
 
 Allocator* g_allocators[kNumDeviceTypes] = {nullptr, nullptr};
@@ -126,6 +140,17 @@ Allocator* get_allocator(DeviceType t) {
 void set_allocator(DeviceType t, Allocator* a) { g_allocators[static_cast<int>(t)] = a; }
 
 AllocatorStats memory_stats(Device d) { return get_allocator(d.type)->stats(); }
+void set_memory_cap(Device d, int64_t bytes) {
+  COIL_CHECK(bytes >= 0, "set_memory_cap: the cap must be >= 0 bytes (0 = none), got ", bytes);
+  get_allocator(d.type)->set_memory_cap(bytes, d.index);
+}
+int64_t memory_cap(Device d) { return get_allocator(d.type)->memory_cap(d.index); }
+std::string describe(const AllocatorStats& s) {
+  return "in use " + std::to_string(s.bytes_in_use) + " bytes, cached " +
+         std::to_string(s.bytes_cached) + ", peak " + std::to_string(s.peak_bytes_in_use) + ", " +
+         std::to_string(s.num_allocs) + " allocations (" + std::to_string(s.num_system_allocs) +
+         " from the system)";
+}
 void reset_peak_memory(Device d) { get_allocator(d.type)->reset_peak(); }
 void empty_cache(Device d) { get_allocator(d.type)->empty_cache(); }
 

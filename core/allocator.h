@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "device.h"
 
@@ -25,6 +26,11 @@ class Allocator {
     return allocate(nbytes);
   }
   virtual void deallocate(void* ptr, size_t nbytes) = 0;
+  // A cap on the memory the allocator holds on device `index` (blocks in use plus cached), 0
+  // for none. A request that would pass it first gives the cache back, then throws coil::Error
+  // with the size and the statistics; so does a real failure of the system allocator.
+  virtual void set_memory_cap(int64_t bytes, int index) = 0;
+  virtual int64_t memory_cap(int index) const = 0;
   virtual AllocatorStats stats() const = 0;
   virtual void reset_peak() = 0;
   virtual void empty_cache() = 0;
@@ -35,6 +41,12 @@ Allocator* get_allocator(DeviceType t);
 void set_allocator(DeviceType t, Allocator* a);
 
 AllocatorStats memory_stats(Device d = Device(kCPU));
+// The per-device cap of Allocator::set_memory_cap (bytes, 0 = none), as PyTorch's
+// torch.cuda.set_per_process_memory_fraction but in bytes and on every device type.
+void set_memory_cap(Device d, int64_t bytes);
+int64_t memory_cap(Device d = Device(kCPU));
+// "in use N bytes, cached N, peak N, N allocations (N from the system)" for error messages.
+std::string describe(const AllocatorStats& s);
 void reset_peak_memory(Device d = Device(kCPU));
 void empty_cache(Device d = Device(kCPU));
 

@@ -150,12 +150,21 @@ Tensor empty_strided(const Shape& shape, const Shape& strides, Options o) {
   COIL_CHECK(shape.size() == strides.size(), "empty_strided: ", shape.size(), " sizes but ",
              strides.size(), " strides");
   if (o.device.is_cuda()) get_allocator(kCUDA);  // clear error on a build without CUDA
-  int64_t span = 1;
-  for (size_t i = 0; i < shape.size(); ++i) span += (shape[i] - 1) * strides[i];
-  if (shape_numel(shape) == 0) span = 0;
+  // The storage's extent in bytes, refusing shapes whose size does not fit in int64 (a product
+  // that wrapped around would allocate a small block and be written far past it).
+  int64_t span = 1, bytes = 0;
+  bool overflow = false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t term = 0;
+    overflow |= __builtin_mul_overflow(std::max<int64_t>(shape[i] - 1, 0), strides[i], &term);
+    overflow |= __builtin_add_overflow(span, term, &span);
+  }
+  overflow |= __builtin_mul_overflow(span, static_cast<int64_t>(dtype_size(o.dtype)), &bytes);
+  COIL_CHECK(!overflow, "empty: shape ", coil::shape_str(shape), " of ", dtype_name(o.dtype),
+             " needs more than 2^63 bytes");
+  if (shape_numel(shape) == 0) bytes = 0;
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage =
-      std::make_shared<StorageImpl>(static_cast<size_t>(span) * dtype_size(o.dtype), o.device);
+  impl->storage = std::make_shared<StorageImpl>(static_cast<size_t>(bytes), o.device);
   impl->sizes = shape;
   impl->strides = strides;
   impl->dtype = o.dtype;

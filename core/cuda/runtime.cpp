@@ -99,6 +99,12 @@ class CudaCachingAllocator final : public Allocator {
       list.pop_back();
       stats_.bytes_cached -= static_cast<int64_t>(b);
     } else {
+      const int64_t want = static_cast<int64_t>(b);
+      if (cap_[index] > 0 && held_[index] + want > cap_[index]) release_cached(index);
+      if (cap_[index] > 0 && held_[index] + want > cap_[index])
+        fail("cuda: ", nbytes, " bytes on cuda:", index, " would pass its memory cap of ",
+             cap_[index], " bytes (", held_[index], " held on it; all devices: ", describe(stats_),
+             ")");
       DeviceGuard g(Device(kCUDA, index));
       cudaError_t st = cudaMalloc(&p, b);
       if (st == cudaErrorMemoryAllocation) {  // give the cache back and try once more
@@ -109,10 +115,10 @@ class CudaCachingAllocator final : public Allocator {
       if (st != cudaSuccess) {
         (void)cudaGetLastError();
         fail("cuda: out of memory allocating ", nbytes, " bytes on cuda:", index, " (",
-             cudaGetErrorString(st), "; in use ", stats_.bytes_in_use, " bytes, cached ",
-             stats_.bytes_cached, ")");
+             cudaGetErrorString(st), "; ", describe(stats_), ")");
       }
       stats_.num_system_allocs++;
+      held_[index] += want;
     }
     live_[p] = {index, b};
     stats_.bytes_in_use += static_cast<int64_t>(b);
@@ -129,6 +135,16 @@ class CudaCachingAllocator final : public Allocator {
     free_[{index, b}].push_back(p);
     stats_.bytes_in_use -= static_cast<int64_t>(b);
     stats_.bytes_cached += static_cast<int64_t>(b);
+  }
+  void set_memory_cap(int64_t bytes, int index) override {
+    check_index(index);
+    std::lock_guard<std::mutex> lk(mu_);
+    cap_[index] = bytes;
+  }
+  int64_t memory_cap(int index) const override {
+    check_index(index);
+    std::lock_guard<std::mutex> lk(mu_);
+    return cap_[index];
   }
   AllocatorStats stats() const override {
     std::lock_guard<std::mutex> lk(mu_);
@@ -152,6 +168,7 @@ class CudaCachingAllocator final : public Allocator {
       for (void* p : list) {
         cudaFree(p);
         stats_.bytes_cached -= static_cast<int64_t>(key.second);
+        held_[index] -= static_cast<int64_t>(key.second);
       }
       list.clear();
     }
@@ -160,6 +177,7 @@ class CudaCachingAllocator final : public Allocator {
   std::map<std::pair<int, size_t>, std::vector<void*>> free_;
   std::unordered_map<void*, std::pair<int, size_t>> live_;
   AllocatorStats stats_;
+  int64_t cap_[kMaxDevices] = {}, held_[kMaxDevices] = {};  // held: in use + cached, per device
 };
 
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {

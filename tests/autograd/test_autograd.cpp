@@ -142,6 +142,10 @@ TEST_SUITE("autograd") {
     ct::check_error([&] { sqrt(x); }, {"anomaly", "sqrt", "NaN", "[2]"});
     Tensor z = tensor(std::vector<double>{0, 1}).requires_grad_();
     Tensor y = sqrt(z);  // fine forward, infinite gradient at 0
-    ct::check_error([&] { y.sum().backward(); }, {"anomaly", "backward of sqrt"});
+    ct::check_error([&] { y.sum().backward(); },
+                    {"anomaly", "backward of sqrt", "output 0 (shape [2])", "input shapes: [2]"});
+    // The first bad op is named, not a later one: log(0) = -inf in a chain of ops.
+    Tensor w = tensor(std::vector<double>{0, 2, 3}).requires_grad_();
+    ct::check_error([&] { exp(log(w * 1.0) + 1.0); }, {"anomaly: log", "input shapes: [3]"});
   }
 }
