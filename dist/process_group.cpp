@@ -210,6 +210,99 @@ void divide(Tensor& buf, int size) {
 ProcessGroup::ProcessGroup(int rank, std::vector<int> world_ranks)
     : rank_(rank), world_ranks_(std::move(world_ranks)) {
   if (const char* env = std::getenv("COIL_DIST_TIMEOUT")) timeout_s_ = std::atof(env);
+  if (const char* env = std::getenv("COIL_DIST_CHECK")) check_calls_ = std::string(env) != "0";
+}
+
+// ---- the cross-rank call check ----
+namespace {
+enum CallKind : int64_t {
+  kAllReduce = 1,
+  kAllGather,
+  kReduceScatter,
+  kAllToAll,
+  kBroadcast,
+  kBarrier
+};
+// Words of a call's description: kind, dtype, reduce op, root, elements per row (all of them
+// for all_reduce and broadcast), this rank's rows, a hash of the row counts; then the send and
+// the receive counts of an all_to_all (zeros otherwise), one per rank.
+constexpr size_t kMetaHead = 7;
+
+int64_t hash_counts(const std::vector<int64_t>& c) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the values
+  for (int64_t v : c) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
+  return static_cast<int64_t>(h >> 1);
+}
+
+std::string describe_call(const int64_t* m) {
+  static const char* kinds[] = {"?",          "all_reduce", "all_gather", "reduce_scatter",
+                                "all_to_all", "broadcast",  "barrier"};
+  const int64_t k = m[0] >= 1 && m[0] <= 6 ? m[0] : 0;
+  if (k == kBarrier) return "barrier";
+  std::string s = std::string(kinds[k]) + " of " +
+                  (m[1] >= 0 && m[1] < kNumDTypes ? dtype_name(static_cast<DType>(m[1])) : "?");
+  if (k == kAllReduce || k == kBroadcast)
+    s += ", " + std::to_string(m[4]) + " elements";
+  else
+    s += ", " + std::to_string(m[5]) + " rows of " + std::to_string(m[4]) + " elements";
+  if (m[2] >= 0) s += std::string(", ") + reduce_op_name(static_cast<ReduceOp>(m[2]));
+  if (m[3] >= 0) s += ", root " + std::to_string(m[3]);
+  return s;
+}
+
+// Exchanges the ranks' descriptions and throws on every rank if they disagree.
+void verify_call(ProcessGroup::Transport& tr, const std::string& what,
+                 const std::vector<int64_t>& meta, int n, double deadline) {
+  if (meta.empty()) return;
+  const size_t len = meta.size();
+  std::vector<int64_t> all(len * static_cast<size_t>(n));
+  tr.all_gather(meta.data(), all.data(),
+                std::vector<int64_t>(static_cast<size_t>(n), static_cast<int64_t>(len * 8)),
+                deadline);
+  auto at = [&](int r) { return all.data() + static_cast<size_t>(r) * len; };
+  bool same = true;
+  for (int r = 1; r < n && same; ++r)
+    for (size_t i = 0; i < kMetaHead && same; ++i) {
+      // all_gather's rows differ by design (the shared counts are compared through the hash)
+      if (i == 5 && at(0)[0] == kAllGather) continue;
+      same = at(r)[i] == at(0)[i];
+    }
+  if (same && at(0)[0] == kAllToAll)  // what r sends to j is what j expects from r
+    for (int r = 0; r < n && same; ++r)
+      for (int j = 0; j < n && same; ++j) same = at(r)[kMetaHead + j] == at(j)[kMetaHead + n + r];
+  if (same) return;
+  std::string calls;
+  for (int r = 0; r < n; ++r) {
+    calls += "\n  rank " + std::to_string(r) + ": " + describe_call(at(r));
+    if (at(r)[0] == kAllToAll) {
+      calls += ", sends";
+      for (int j = 0; j < n; ++j) calls += " " + std::to_string(at(r)[kMetaHead + j]);
+      calls += " rows, receives";
+      for (int j = 0; j < n; ++j) calls += " " + std::to_string(at(r)[kMetaHead + n + j]);
+    }
+  }
+  fail(what, ": the ranks' calls do not match, so nothing was sent (COIL_DIST_CHECK):", calls);
+}
+}  // namespace
+
+std::vector<int64_t> ProcessGroup::call_meta(int kind, DType t, int64_t op, int64_t root,
+                                             int64_t row_elems, int64_t rows,
+                                             const std::vector<int64_t>& counts,
+                                             const std::vector<int64_t>& send,
+                                             const std::vector<int64_t>& recv) const {
+  if (!check_calls_ || size() == 1) return {};
+  const size_t n = static_cast<size_t>(size());
+  std::vector<int64_t> m(kMetaHead + 2 * n, 0);
+  m[0] = kind;
+  m[1] = static_cast<int64_t>(t);
+  m[2] = op;
+  m[3] = root;
+  m[4] = row_elems;
+  m[5] = rows;
+  m[6] = hash_counts(counts);
+  for (size_t i = 0; i < send.size() && i < n; ++i) m[kMetaHead + i] = send[i];
+  for (size_t i = 0; i < recv.size() && i < n; ++i) m[kMetaHead + n + i] = recv[i];
+  return m;
 }
 
 std::string ProcessGroup::where(const std::string& op) const {
@@ -231,10 +324,12 @@ WorkPtr ProcessGroup::all_reduce(Tensor& t, ReduceOp op, CallOptions o) {
   const double timeout = deadline_for(o);
   const int n = size();
   bytes_sent_ += static_cast<int64_t>(t.nbytes());
+  auto meta = call_meta(kAllReduce, t.dtype(), static_cast<int64_t>(op), -1, t.numel(), 1, {});
   return submit(
       w,
-      [b, op, timeout, n](Transport& tr) {
+      [b, op, timeout, n, w, meta](Transport& tr) {
         const double dl = detail::deadline_from(timeout);
+        verify_call(tr, w, meta, n, dl);
         tr.all_reduce(b->data(), b->buf.numel(), b->buf.dtype(),
                       op == ReduceOp::kAvg ? ReduceOp::kSum : op, dl);
         if (op == ReduceOp::kAvg) divide(b->buf, n);
@@ -260,10 +355,14 @@ WorkPtr ProcessGroup::all_gather(Tensor& out, const Tensor& in, const std::vecto
   const auto bytes = scaled(c, row_elems(in) * static_cast<int64_t>(in.element_size()));
   const double timeout = deadline_for(o);
   bytes_sent_ += static_cast<int64_t>(in.nbytes());
+  auto meta = call_meta(kAllGather, in.dtype(), -1, -1, row_elems(in), in.size(0), c);
+  const int n = size();
   return submit(
       w,
-      [src, dst, bytes, timeout](Transport& tr) {
-        tr.all_gather(src->data(), dst->data(), bytes, detail::deadline_from(timeout));
+      [src, dst, bytes, timeout, w, meta, n](Transport& tr) {
+        const double dl = detail::deadline_from(timeout);
+        verify_call(tr, w, meta, n, dl);
+        tr.all_gather(src->data(), dst->data(), bytes, dl);
         dst->write_back();
       },
       o.async_op);
@@ -288,12 +387,15 @@ WorkPtr ProcessGroup::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op,
   const double timeout = deadline_for(o);
   bytes_sent_ += static_cast<int64_t>(in.nbytes());
   const int n = size();
+  auto meta = call_meta(kReduceScatter, in.dtype(), static_cast<int64_t>(op), -1, row_elems(in),
+                        in.size(0), c);
   return submit(
       w,
-      [src, dst, elems, op, timeout, n](Transport& tr) {
+      [src, dst, elems, op, timeout, n, w, meta](Transport& tr) {
+        const double dl = detail::deadline_from(timeout);
+        verify_call(tr, w, meta, n, dl);
         tr.reduce_scatter(src->data(), dst->data(), elems, src->buf.dtype(),
-                          op == ReduceOp::kAvg ? ReduceOp::kSum : op,
-                          detail::deadline_from(timeout));
+                          op == ReduceOp::kAvg ? ReduceOp::kSum : op, dl);
         if (op == ReduceOp::kAvg) divide(dst->buf, n);
         dst->write_back();
       },
@@ -322,11 +424,14 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
   const double timeout = deadline_for(o);
   const bool even = send_counts.empty() && recv_counts.empty();
   bytes_sent_ += static_cast<int64_t>(in.nbytes());
+  auto meta = call_meta(kAllToAll, in.dtype(), -1, -1, row_elems(in), even ? 0 : 1, {}, sc, rc);
+  const int n = size();
   return submit(
       w,
-      [src, dst, sb, rbytes, even, timeout](Transport& tr) {
-        tr.all_to_all(src->data(), sb, dst->data(), rbytes, even,
-                      detail::deadline_from(timeout));
+      [src, dst, sb, rbytes, even, timeout, w, meta, n](Transport& tr) {
+        const double dl = detail::deadline_from(timeout);
+        verify_call(tr, w, meta, n, dl);
+        tr.all_to_all(src->data(), sb, dst->data(), rbytes, even, dl);
         dst->write_back();
       },
       o.async_op);
@@ -340,11 +445,14 @@ WorkPtr ProcessGroup::broadcast(Tensor& t, int root, CallOptions o) {
   auto b = std::make_shared<Buffer>(t, false, rank() == root);
   const double timeout = deadline_for(o);
   if (rank() == root) bytes_sent_ += static_cast<int64_t>(t.nbytes());
+  auto meta = call_meta(kBroadcast, t.dtype(), -1, root, t.numel(), 1, {});
+  const int n = size();
   return submit(
       w,
-      [b, root, timeout](Transport& tr) {
-        tr.broadcast(b->data(), static_cast<int64_t>(b->buf.nbytes()), root,
-                     detail::deadline_from(timeout));
+      [b, root, timeout, w, meta, n](Transport& tr) {
+        const double dl = detail::deadline_from(timeout);
+        verify_call(tr, w, meta, n, dl);
+        tr.broadcast(b->data(), static_cast<int64_t>(b->buf.nbytes()), root, dl);
         b->write_back();
       },
       o.async_op);
@@ -352,9 +460,16 @@ WorkPtr ProcessGroup::broadcast(Tensor& t, int root, CallOptions o) {
 
 WorkPtr ProcessGroup::barrier(CallOptions o) {
   const double timeout = deadline_for(o);
+  const std::string w = where("barrier");
+  auto meta = call_meta(kBarrier, kF32, -1, -1, 0, 0, {});
+  const int n = size();
   return submit(
-      where("barrier"),
-      [timeout](Transport& tr) { tr.barrier(detail::deadline_from(timeout)); },
+      w,
+      [timeout, w, meta, n](Transport& tr) {
+        const double dl = detail::deadline_from(timeout);
+        verify_call(tr, w, meta, n, dl);
+        tr.barrier(dl);
+      },
       o.async_op);
 }
 

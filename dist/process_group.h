@@ -61,6 +61,13 @@ class ProcessGroup {
   virtual std::string backend() const = 0;
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }
+  // Cross-rank check of every collective: before the data moves, the ranks exchange a few
+  // integers describing their call (which collective, dtype, element counts, reduce op, root,
+  // row counts) and, if any rank's call differs, every rank throws a coil::Error that lists
+  // each rank's call, and nothing is sent. On by default; COIL_DIST_CHECK=0 turns it off (the
+  // choice must agree on every rank). Costs one small all_gather per call.
+  void set_check_calls(bool on) { check_calls_ = on; }
+  bool check_calls() const { return check_calls_; }
   // Bytes this rank has handed to the group's calls so far (each call's input: the tensor of
   // all_reduce, the input of all_gather, reduce_scatter and all_to_all, a broadcast root's
   // tensor, a send's): a meter for tests and benchmarks of what a scheme communicates.
@@ -94,7 +101,8 @@ class ProcessGroup {
   // Backend transport, on contiguous buffers. `deadline` is a steady-clock time in seconds;
   // 0: none; negative: none, and the call is asynchronous (CallOptions::async_op): MPI runs its
   // non-blocking form and polls it, yielding the core between polls, so a communication thread
-  // overlapping computation does not take a core from it. Reductions see f32/f64/i32/i64/bool only (halves are widened first).
+  // overlapping computation does not take a core from it. Reductions see f32/f64/i32/i64/bool only
+  // (halves are widened first).
   struct Transport {
     virtual ~Transport() = default;
     virtual void all_reduce(void* buf, int64_t n, DType t, ReduceOp op, double deadline) = 0;
@@ -128,7 +136,13 @@ class ProcessGroup {
   int rank_;
   std::vector<int> world_ranks_;
   double timeout_s_ = 0;
+  bool check_calls_ = true;
   std::atomic<int64_t> bytes_sent_{0};
+  // The description of a call that check_calls exchanges (empty when it is off or alone).
+  std::vector<int64_t> call_meta(int kind, DType t, int64_t op, int64_t root, int64_t row_elems,
+                                 int64_t rows, const std::vector<int64_t>& counts,
+                                 const std::vector<int64_t>& send = {},
+                                 const std::vector<int64_t>& recv = {}) const;
 };
 
 // ---- the world ----

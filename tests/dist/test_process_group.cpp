@@ -244,10 +244,57 @@ TEST_SUITE("dist") {
                          doctest::Contains(w->size() == 1 ? "counts[0] = 1" : "entries"), Error);
   }
 
+  TEST_CASE("calls that differ across ranks are errors on every rank; nothing is sent") {
+    auto w = dist::world();
+    const int r = w->rank(), n = w->size();
+    CHECK(w->check_calls());
+    if (n < 2) return;
+    auto expect_mismatch = [&](const std::function<void()>& call,
+                               const std::vector<std::string>& parts) {
+      std::string msg;
+      try {
+        call();
+      } catch (const Error& e) {
+        msg = e.what();
+      }
+      CHECK(msg.find("do not match") != std::string::npos);
+      for (const auto& p : parts) CHECK_MESSAGE(msg.find(p) != std::string::npos, p, " in ", msg);
+    };
+    // Shapes: the last rank reduces one element more; its tensor must come back untouched.
+    Tensor x = full({r == n - 1 ? 5 : 4}, 1.0);
+    expect_mismatch(
+        [&] { w->all_reduce(x)->wait(); },
+        {"all_reduce (rank " + std::to_string(r), "rank 0: all_reduce of float32, 4 elements",
+         "rank " + std::to_string(n - 1) + ": all_reduce of float32, 5 elements"});
+    CHECK(ct::vals(x) == std::vector<double>(x.numel(), 1.0));
+    // Dtypes, ops, roots and the collective itself.
+    Tensor y = zeros({3}, Options(r == 1 ? kF64 : kF32));
+    expect_mismatch([&] { w->all_reduce(y)->wait(); }, {"float64", "float32"});
+    Tensor z = zeros({3});
+    expect_mismatch(
+        [&] { w->all_reduce(z, r == 0 ? dist::ReduceOp::kMax : dist::ReduceOp::kSum)->wait(); },
+        {"max", "sum"});
+    expect_mismatch([&] { w->broadcast(z, r == 1 ? 1 : 0)->wait(); }, {"root 0", "root 1"});
+    expect_mismatch([&] { r == 0 ? w->broadcast(z, 0)->wait() : w->all_reduce(z)->wait(); },
+                    {"rank 0: broadcast", "rank 1: all_reduce"});
+    // all_to_all: rank 0 expects 2 rows from rank 1, which sends it 1.
+    Tensor in = zeros({n, 2});
+    Tensor out = zeros({r == 0 ? n + 1 : n, 2});
+    std::vector<int64_t> send(n, 1), recv(n, 1);
+    if (r == 0) recv[1] = 2;
+    expect_mismatch([&] { w->all_to_all(out, in, send, recv)->wait(); },
+                    {"rank 0: all_to_all", "receives 1 2"});
+    // The group is still in step: a matching call gives the right answer.
+    Tensor ok = full({2}, 1.0);
+    w->all_reduce(ok)->wait();
+    CHECK(ct::vals(ok) == std::vector<double>{double(n), double(n)});
+  }
+
   TEST_CASE("a collective past its timeout fails with an error naming it") {
     auto w = dist::world();
     if (w->size() < 2) return;         // a world of one cannot wait for anyone
     auto g = dist::new_group({0, 1});  // broken after this test; the world stays usable
+    if (g) g->set_check_calls(false);  // the timeout of the collective itself, not the check's
     Tensor x = ones({4});
     if (w->rank() == 1) {
       // late by far more than rank 0's timeout; rank 0's abandoned call still matches it
