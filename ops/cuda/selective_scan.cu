@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(W * 32, 3)
   extern __shared__ float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   const Geometry q = geometry(a);
-  const int64_t N = q.N;
+  const int N = static_cast<int>(q.N);  // 32-bit shared-memory indexing in the hot loop
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   float* Bs = sm;               // [N][S]
   float* Cs = Bs + N * S;       // [N][S]
@@ -146,8 +146,14 @@ __global__ void __launch_bounds__(W * 32, 3)
     }
     __syncthreads();
     const int64_t ts = t0 + w * I;  // this warp's first step
-    for (int64_t n = 0; n < N; ++n) {
+    float* ck_out = ckpt && ts % kCkpt == 0 && ts < q.L
+                        ? ckpt + (q.b * q.nck + ts / kCkpt) * N * q.dim + q.c
+                        : nullptr;
+    const float* c_in = carry + p * N * 32 + lane;
+    float* c_out = carry + (p ^ 1) * N * 32 + lane;
+    for (int n = 0; n < N; ++n) {
       const float A2 = As2[n * 32 + lane];
+      float2* ag = agg + par * W * 32 + lane;
       const float4* Bq = reinterpret_cast<const float4*>(Bs + n * S + w * I);
       // the product of the steps' decays is one exp of the summed deltas
       const float Aagg = fast_exp2(dt_sum * A2);
@@ -164,18 +170,17 @@ __global__ void __launch_bounds__(W * 32, 3)
           Bagg = fmaf(av[j], Bagg, bv[j]);
         }
       }
-      agg[(par * W + w) * 32 + lane] = make_float2(Aagg, Bagg);
+      ag[w * 32] = make_float2(Aagg, Bagg);
       __syncthreads();
-      float h = carry[(p * N + n) * 32 + lane];
+      float h = c_in[n * 32];
 #pragma unroll
       for (int w2 = 0; w2 < W - 1; ++w2)
         if (w2 < w) {
-          const float2 m = agg[(par * W + w2) * 32 + lane];
+          const float2 m = ag[w2 * 32];
           h = fmaf(m.x, h, m.y);
         }
-      if (ckpt && ts % kCkpt == 0 && ts < q.L)
-        ckpt[((q.b * q.nck + ts / kCkpt) * N + n) * q.dim + q.c] = h;
-      if (w == W - 1) carry[((p ^ 1) * N + n) * 32 + lane] = fmaf(Aagg, h, Bagg);
+      if (ck_out) ck_out[int64_t(n) * q.dim] = h;
+      if (w == W - 1) c_out[n * 32] = fmaf(Aagg, h, Bagg);
       const float4* Cq = reinterpret_cast<const float4*>(Cs + n * S + w * I);
 #pragma unroll
       for (int k = 0; k < I / 4; ++k) {
@@ -247,7 +252,7 @@ __global__ void __launch_bounds__(W * 32, 2)
   extern __shared__ float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   const Geometry q = geometry(a);
-  const int64_t N = q.N, NP = N + 1;  // NP: padded row of the dB/dC tiles
+  const int N = static_cast<int>(q.N), NP = N + 1;  // NP: padded row of the dB/dC tiles
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   float* Bs = sm;                    // [N][S]
   float* Cs = Bs + N * S;            // [N][S]
@@ -280,6 +285,9 @@ __global__ void __launch_bounds__(W * 32, 2)
   const float Dv = a.D ? static_cast<const float*>(a.D)[q.c] : 0.f;
   const float bias = a.bias ? static_cast<const float*>(a.bias)[q.c] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
+  // After the lane reduce-scatter, even lane 2i holds value i: dB (i < I) or dC of step i % I.
+  float* my_tile =
+      lane & 1 ? nullptr : ((lane >> 1) < I ? tileB : tileC) + (w * I + (lane >> 1) % I) * NP;
 
   int p = 0, par = 0;
   for (int64_t ck = q.nck - 1; ck >= 0; --ck) {
@@ -307,8 +315,12 @@ __global__ void __launch_bounds__(W * 32, 2)
     }
     __syncthreads();
     const float* ck_row = ckpt + (q.b * q.nck + ck) * N * q.dim + q.c;  // state n at n * dim
-    for (int64_t n = 0; n < N; ++n) {
-      const float hin_chunk = ck_row[n * q.dim];
+    const float* e_in = ecarry + p * N * 32 + lane;
+    float* e_out = ecarry + (p ^ 1) * N * 32 + lane;
+    for (int n = 0; n < N; ++n) {
+      const float hin_chunk = ck_row[int64_t(n) * q.dim];
+      float2* agF = aggF + par * W * 32 + lane;
+      float* agR = aggR + par * W * 32 + lane;
       const float An = Acol[n * 32 + lane], A2 = An * kLog2e;
       const float4* Bq = reinterpret_cast<const float4*>(Bs + n * S + w * I);
       const float4* Cq = reinterpret_cast<const float4*>(Cs + n * S + w * I);
@@ -330,22 +342,21 @@ __global__ void __launch_bounds__(W * 32, 2)
       }
 #pragma unroll
       for (int j = I - 1; j >= 0; --j) E = av[j] * fmaf(gy[j], Cj[j], E);
-      aggF[(par * W + w) * 32 + lane] = make_float2(Aagg, Bagg);
-      aggR[(par * W + w) * 32 + lane] = E;
+      agF[w * 32] = make_float2(Aagg, Bagg);
+      agR[w * 32] = E;
       __syncthreads();
       float h = hin_chunk;
 #pragma unroll
       for (int w2 = 0; w2 < W - 1; ++w2)
         if (w2 < w) {
-          const float2 m = aggF[(par * W + w2) * 32 + lane];
+          const float2 m = agF[w2 * 32];
           h = fmaf(m.x, h, m.y);
         }
-      float e = ecarry[(p * N + n) * 32 + lane];
+      float e = e_in[n * 32];
 #pragma unroll
       for (int w2 = W - 1; w2 > 0; --w2)
-        if (w2 > w)
-          e = fmaf(aggF[(par * W + w2) * 32 + lane].x, e, aggR[(par * W + w2) * 32 + lane]);
-      if (w == 0) ecarry[((p ^ 1) * N + n) * 32 + lane] = fmaf(Aagg, e, E);
+        if (w2 > w) e = fmaf(agF[w2 * 32].x, e, agR[w2 * 32]);
+      if (w == 0) e_out[n * 32] = fmaf(Aagg, e, E);
       const float hin = h;
 #pragma unroll
       for (int j = 0; j < I; ++j) {
@@ -366,11 +377,7 @@ __global__ void __launch_bounds__(W * 32, 2)
         vals[I + j] = gy[j] * hs[j];
       }
       const float red = lane_reduce_scatter16(vals, lane);
-      if (!(lane & 1)) {
-        const int i = lane >> 1;
-        float* tile = i < I ? tileB : tileC;
-        tile[(w * I + (i % I)) * NP + n] = red;
-      }
+      if (my_tile) my_tile[n] = red;
       dAs[(w * N + n) * 32 + lane] += dA_part;
       par ^= 1;
     }
