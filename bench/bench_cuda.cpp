@@ -87,7 +87,11 @@ int main() try {
       const double ms = time_case([&] { selective_scan(u, delta, A, Bm, Cm, o); });
       report("selective_scan", "fwd", B, L, D, N, ms, fwd_bytes, tok * D * N, bw, exp_rate);
     }
+    // The leaves' .grad is cleared before each pass: accumulating into it (u, delta, z: three
+    // reads and writes of a 100 MB tensor each) would be timed but is no part of the op.
+    const TensorList leaves{u, delta, A, Bm, Cm, Dp, z, bias};
     const double ms = time_case([&] {
+      for (Tensor t : leaves) t.set_grad(Tensor());  // a handle: clears the leaf's grad
       Tensor y = selective_scan(u, delta, A, Bm, Cm, o).first;
       y.backward(dy);
     });

@@ -106,6 +106,23 @@ struct ScanGrads {
 void launch_scan_backward(bool f64, const ScanArgs& a, const void* checkpoints, const ScanGrads& g,
                           cudaStream_t s);
 
+// Fast selective_scan (selective_scan.cu): f32, blocks of 32 channels inside one group, N <= 32.
+// Its checkpoints are (batch, ceil(L / kSelectiveFastCkpt), N, dim), the state before every
+// kSelectiveFastCkpt-th step: the size the op allocates for the CPU's. Forward and backward must
+// agree on the path, so both ask this one function.
+constexpr int64_t kSelectiveFastCkpt = 64;
+inline bool selective_scan_fast_fits(bool f64, const ScanArgs& a) {
+  return !f64 && a.pdiv == 1 && a.a_per_state && a.L >= 1 && a.batch >= 1 && a.batch <= 65535 &&
+         a.dim % 32 == 0 && a.G >= 1 && (a.dim / a.G) % 32 == 0 && a.N >= 1 && a.N <= 32;
+}
+// Forward: y, final_state (may be null), checkpoints (may be null).
+void launch_selective_scan_fast_forward(const ScanArgs& a, void* y, void* final_state,
+                                        void* checkpoints, cudaStream_t s);
+// Backward from the fast forward's checkpoints; ScanGrads as above (dB, dC, dA, dD, dbias zero on
+// entry; du and ddelta written whole; dz, dinit when not null).
+void launch_selective_scan_fast_backward(const ScanArgs& a, const void* checkpoints,
+                                         const ScanGrads& g, cudaStream_t s);
+
 // ---- depthwise causal conv, channel-last: x, y, dy, dx (B, L, C); w (C, K); window (B, K-1, C)
 void launch_conv_forward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* y,
                          const void* x, const void* w, const void* bias, const void* window,

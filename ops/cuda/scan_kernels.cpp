@@ -68,9 +68,13 @@ void check_n(int64_t N, const char* op) {
   COIL_CHECK(N <= 256, op, " (cuda): state size N = ", N, " above the kernel's 256");
 }
 
+// Both layouts, (batch, dim, chunk, N) for the plain kernels and (batch, chunk, N, dim) for the
+// fast ones, have this size (kScanChunk == kSelectiveFastCkpt).
 Tensor checkpoint_scratch(const ScanArgs& a, const Tensor& like) {
   return empty({a.batch, a.dim, scan_chunks(a.L), a.N}, Options(like.dtype(), like.device()));
 }
+static_assert(kScanChunk == kSelectiveFastCkpt && kScanChunk == kSelectiveScanChunk,
+              "the op allocates the checkpoints with the CPU's chunk");
 
 void selective_scan_kernel(const SelectiveScanInputs& in, const Tensor& y,
                            const Tensor& final_state, const Tensor& checkpoints) {
@@ -78,9 +82,14 @@ void selective_scan_kernel(const SelectiveScanInputs& in, const Tensor& y,
   check_n(in.A.size(1), "selective_scan");
   DeviceGuard dg(y.device());
   const ScanArgs a = selective_args(in);
-  // checkpoints: the CPU's (batch, chunk, N, dim) has the size of this kernel's own layout
-  launch_scan_forward(y.dtype() == kF64, a, y.raw_data(), nullptr, mut(final_state),
-                      mut(checkpoints), stream());
+  const bool f64 = y.dtype() == kF64;
+  // checkpoints: the CPU's (batch, chunk, N, dim) has the size of either kernel's own layout
+  if (selective_scan_fast_fits(f64, a))
+    launch_selective_scan_fast_forward(a, y.raw_data(), mut(final_state), mut(checkpoints),
+                                       stream());
+  else
+    launch_scan_forward(f64, a, y.raw_data(), nullptr, mut(final_state), mut(checkpoints),
+                        stream());
   after_launch("selective_scan kernel");
 }
 
@@ -92,11 +101,15 @@ void selective_scan_backward_kernel(const SelectiveScanInputs& in, const Tensor&
   DeviceGuard dg(dy.device());
   const ScanArgs a = selective_args(in);
   const bool f64 = dy.dtype() == kF64;
+  const bool fast = selective_scan_fast_fits(f64, a);
   Tensor ck = checkpoints;
   if (!ck.defined()) {  // no forward kept them: run it again for them
     ck = checkpoint_scratch(a, dy);
     Tensor y = empty(dy.sizes(), Options(dy.dtype(), dy.device()));
-    launch_scan_forward(f64, a, y.raw_data(), nullptr, nullptr, ck.raw_data(), stream());
+    if (fast)
+      launch_selective_scan_fast_forward(a, y.raw_data(), nullptr, ck.raw_data(), stream());
+    else
+      launch_scan_forward(f64, a, y.raw_data(), nullptr, nullptr, ck.raw_data(), stream());
   }
   Tensor du = grad_out(g.du, in.u, false), ddelta = grad_out(g.ddelta, in.delta, false);
   Tensor dB = grad_out(g.dB, in.B, true), dC = grad_out(g.dC, in.C, true);
@@ -113,7 +126,10 @@ void selective_scan_backward_kernel(const SelectiveScanInputs& in, const Tensor&
   if (g.ddelta_bias.defined()) sg.dbias = grad_out(g.ddelta_bias, in.delta_bias, true).raw_data();
   sg.dz = mut(g.dz);
   sg.dinit = mut(g.dinitial_state);
-  launch_scan_backward(f64, a, ck.raw_data(), sg, stream());
+  if (fast)
+    launch_selective_scan_fast_backward(a, ck.raw_data(), sg, stream());
+  else
+    launch_scan_backward(f64, a, ck.raw_data(), sg, stream());
   after_launch("selective_scan backward kernel");
 }
 

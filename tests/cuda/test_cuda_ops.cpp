@@ -440,6 +440,84 @@ TEST_SUITE("cuda") {
     }
   }
 
+  TEST_CASE("selective_scan's fast kernels: chunk edges, groups, optional inputs, every gradient") {
+    // The fast path takes f32 with channels in blocks of 32 inside a group and N <= 32 (launch.h);
+    // its forward chunk is 80 steps, its backward's 64. The f64 runs take the plain kernels.
+    struct Case {
+      int64_t Bt, L, D, N, G;
+      bool d, z, bias, h0, dfin, softplus, bc3;  // bc3: B and C as (batch, L, N)
+    };
+    const std::vector<Case> cases = {
+        {2, 150, 64, 16, 1, true, true, true, true, true, true, false},
+        {1, 1, 32, 16, 1, true, true, true, true, true, true, true},
+        {2, 64, 64, 5, 2, true, true, true, true, true, true, false},
+        {1, 63, 32, 16, 1, false, false, false, false, false, false, true},
+        {1, 65, 32, 3, 1, false, false, false, true, false, true, false},
+        {2, 200, 64, 16, 2, false, true, false, false, true, false, false},
+        {1, 257, 96, 32, 3, true, false, true, true, true, true, false},
+        {1, 160, 32, 16, 1, true, true, true, false, true, true, true},
+        {2, 81, 64, 16, 1, true, true, false, true, false, true, true},
+    };
+    manual_seed(15);
+    for (DType t : {kF32, kF64}) {
+      CAPTURE(t);
+      const double out_tol = t == kF32 ? 2e-5 : -1, grad_tol = t == kF32 ? 1e-4 : 1e-10;
+      for (const Case& k : cases) {
+        CAPTURE(k.L);
+        CAPTURE(k.D);
+        CAPTURE(k.N);
+        CAPTURE(k.G);
+        const Shape bc = k.bc3 ? Shape{k.Bt, k.L, k.N} : Shape{k.Bt, k.L, k.G, k.N};
+        // without softplus, delta stays positive so the states do not grow
+        TensorList in = {ct::rnd({k.Bt, k.L, k.D}, t),
+                         k.softplus ? ct::rnd({k.Bt, k.L, k.D}, t, -3, 1)
+                                    : ct::rnd({k.Bt, k.L, k.D}, t, 0.01, 1),
+                         -ct::rnd({k.D, k.N}, t, 0.2, 2), ct::rnd(bc, t), ct::rnd(bc, t)};
+        std::vector<std::string> names = {"du", "ddelta", "dA", "dB", "dC"};
+        auto add = [&](bool on, Tensor v, const char* name) {
+          if (!on) return -1;
+          in.push_back(v);
+          names.emplace_back(name);
+          return static_cast<int>(in.size()) - 1;
+        };
+        const int iD = add(k.d, ct::rnd({k.D}, t), "dD");
+        const int iz = add(k.z, ct::rnd({k.Bt, k.L, k.D}, t), "dz");
+        const int ib = add(k.bias, ct::rnd({k.D}, t, -1, 1), "ddelta_bias");
+        const int ih = add(k.h0, ct::rnd({k.Bt, k.D, k.N}, t), "dinit");
+        Tensor dy = ct::rnd({k.Bt, k.L, k.D}, t), dfin = ct::rnd({k.Bt, k.D, k.N}, t);
+        compare_with_grads(
+            in,
+            [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
+              SelectiveScanOptions o;
+              if (iD >= 0) o.D = v[iD];
+              if (iz >= 0) o.z = v[iz];
+              if (ib >= 0) o.delta_bias = v[ib];
+              if (ih >= 0) o.initial_state = v[ih];
+              o.delta_softplus = k.softplus;
+              o.return_final_state = true;
+              auto [y, fin] = selective_scan(v[0], v[1], v[2], v[3], v[4], o);
+              Tensor loss = (y * on(dy)).sum();
+              if (k.dfin) loss = loss + (fin * on(dfin)).sum();
+              loss.backward();
+              return TensorList{y, fin};
+            },
+            names, out_tol, grad_tol);
+      }
+    }
+    // Without a recorded forward (no input needs grad) there are no checkpoints: the forward
+    // alone, and its final state, at a shape of the fast path.
+    Tensor u = ct::rnd({2, 150, 64}), delta = ct::rnd({2, 150, 64}, kF32, -3, 1);
+    Tensor A = -ct::rnd({64, 16}, kF32, 0.2, 2), B = ct::rnd({2, 150, 16}),
+           C = ct::rnd({2, 150, 16});
+    SelectiveScanOptions o;
+    o.delta_softplus = true;
+    o.return_final_state = true;
+    auto [yc, fc] = selective_scan(u, delta, A, B, C, o);
+    auto [yg, fg] = selective_scan(gpu(u), gpu(delta), gpu(A), gpu(B), gpu(C), o);
+    check_same(yg, yc, "y without grad", 2e-5);
+    check_same(fg, fc, "final state without grad", 2e-5);
+  }
+
   TEST_CASE("20 training steps of a Mamba and a Mamba-2 LM on the GPU give the CPU's losses") {
     for (const std::string mixer : {"mamba", "mamba2"}) {
       CAPTURE(mixer);
