@@ -19,7 +19,8 @@ Tensor call1(const char* op, const TensorList& in, const Attrs& attrs = {}) {
   return op_info(op).boxed(in, attrs)[0];
 }
 Tensor zeros_for(const OutputMeta& m) {
-  return call1("zeros", {}, {{"shape", m.shape}, {"dtype", m.dtype}});
+  // on the output's device: a GPU op's backward reads it as device memory
+  return call1("zeros", {}, {{"shape", m.shape}, {"dtype", m.dtype}, {"device", m.device.str()}});
 }
 // Makes g fit the metadata of the output it is the gradient of.
 Tensor conform(const Tensor& g, const OutputMeta& m, const Node& node) {
