@@ -46,6 +46,15 @@ Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
 Tensor Tensor::clone() const { return coil::clone(*this); }
 Tensor Tensor::contiguous() const { return coil::contiguous(*this); }
 Tensor Tensor::to(DType t) const { return to_dtype(*this, t); }
+
+namespace detail {
+Tensor autocast_to(const Tensor& x, DType t) {
+  return x.defined() && x.dtype() == kF32 ? to_dtype(x, t) : x;
+}
+Tensor autocast_f32(const Tensor& x) {
+  return x.defined() && is_half(x.dtype()) ? to_dtype(x, kF32) : x;
+}
+}  // namespace detail
 // Between devices: the bytes of a contiguous copy, through the CUDA backend's hook; the gradient
 // goes back the same way.
 Tensor Tensor::to(Device d) const {

@@ -16,7 +16,10 @@ namespace {
 // a (B, n, k), b (B, k, m) -> (B, n, m); B may be broadcast through a zero batch stride.
 Tensor bmm_prim(const Tensor& a, const Tensor& b) {
   COIL_OP("bmm");
-  DType rt = promote_types(a.dtype(), b.dtype()), ct = compute_dtype(rt);
+  // a GPU multiplies 16-bit floats as they are (tensor cores, float32 accumulation); a CPU
+  // widens them to float32 first
+  const DType rt = promote_types(a.dtype(), b.dtype());
+  const DType ct = a.device().is_cuda() ? rt : compute_dtype(rt);
   Tensor ac = detail::as_compute(a, ct), bc = detail::as_compute(b, ct);
   Tensor out = empty({a.sizes()[0], a.sizes()[1], b.sizes()[2]}, Options(ct, a.device()));
   kernel_for<GemmKernel>(op_, a.device())(out, ac, bc);
@@ -61,6 +64,8 @@ Tensor linear_prim(const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
+  if (detail::AutocastScope ac; ac)
+    return bmm(detail::autocast_to(a, ac.dtype()), detail::autocast_to(b, ac.dtype()));
   COIL_OP("bmm");
   if (any_distributed({&a, &b})) return dist_dispatch(op_, {a, b}, {})[0];
   COIL_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-d tensors, got ", a.shape_str(),
@@ -72,6 +77,8 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (detail::AutocastScope ac; ac)
+    return matmul(detail::autocast_to(a, ac.dtype()), detail::autocast_to(b, ac.dtype()));
   COIL_OP("matmul");
   if (any_distributed({&a, &b})) return dist_dispatch(op_, {a, b}, {})[0];
   check_same_device("matmul", {a, b});
@@ -115,6 +122,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (detail::AutocastScope ac; ac)
+    return linear(detail::autocast_to(x, ac.dtype()), detail::autocast_to(weight, ac.dtype()),
+                  detail::autocast_to(bias, ac.dtype()));
   COIL_OP("linear");
   if (any_distributed({&x, &weight, &bias})) return dist_dispatch(op_, {x, weight, bias}, {})[0];
   COIL_CHECK(weight.dim() == 2, "linear: weight must be 2-d (out, in), got ", weight.shape_str());
@@ -193,6 +203,9 @@ Tensor grouped_prim(const Tensor& x, const Tensor& w, const Tensor& offsets,
 }  // namespace
 
 Tensor grouped_mm(const Tensor& x, const Tensor& w, const Tensor& offsets) {
+  if (detail::AutocastScope ac; ac)
+    return grouped_mm(detail::autocast_to(x, ac.dtype()), detail::autocast_to(w, ac.dtype()),
+                      offsets);
   COIL_OP("grouped_mm");
   if (any_distributed({&x, &w, &offsets})) return dist_dispatch(op_, {x, w, offsets}, {})[0];
   COIL_CHECK(x.dim() == 2 && w.dim() == 3 && x.size(1) == w.size(1), "grouped_mm: x must be ",

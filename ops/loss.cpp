@@ -78,6 +78,9 @@ Tensor fused_cross_entropy(const Tensor& lg, const Tensor& tg, int64_t ignore_in
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
                      double label_smoothing, const std::string& reduction) {
+  if (detail::AutocastScope ac; ac)
+    return cross_entropy(detail::autocast_f32(logits), target, ignore_index, label_smoothing,
+                         reduction);
   const char* name = "cross_entropy";
   if (any_distributed({&logits, &target})) {
     static const OpInfo& op = op_info(name);

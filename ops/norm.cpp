@@ -67,6 +67,8 @@ DType result_dtype(const Tensor& x, const Tensor& w, const Tensor& b) {
 }  // namespace
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  if (detail::AutocastScope ac; ac)
+    return rms_norm(detail::autocast_f32(x), detail::autocast_f32(weight), eps);
   const char* name = "rms_norm";
   COIL_CHECK(is_floating(x.dtype()), name, ": input must be floating point, got ", x.dtype());
   COIL_CHECK(x.dim() >= 1, name, ": input must have at least one dim, got a 0-d tensor");
@@ -85,6 +87,9 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
                   const Tensor& bias, double eps) {
+  if (detail::AutocastScope ac; ac)
+    return layer_norm(detail::autocast_f32(x), normalized_shape, detail::autocast_f32(weight),
+                      detail::autocast_f32(bias), eps);
   const char* name = "layer_norm";
   COIL_CHECK(is_floating(x.dtype()), name, ": input must be floating point, got ", x.dtype());
   const int64_t k = static_cast<int64_t>(normalized_shape.size());

@@ -1,6 +1,7 @@
 // Internal helpers shared by the op families (not installed as public API).
 #pragma once
 #include "../autograd/node.h"
+#include "../core/autocast.h"
 #include "../core/op_table.h"
 #include "../core/rng.h"
 #include "cpu/kernels.h"
@@ -28,6 +29,26 @@ Shape reduce_dims(const char* op, const Shape& dims, int64_t ndim);
 using DrawRunFn = std::function<void(int64_t start, int64_t len, PhiloxDraw d, uint64_t first)>;
 void for_each_draw_run(const char* op, const Shape& local, int64_t elements_per_counter,
                        const DrawRunFn& fn);
+
+// ---- autocast (core/autocast.h) ----
+// At an op's entry: `if (auto ac = autocast_scope()) return op(autocast_lower(x) ...)`. It turns
+// autocast off for the op's own body (its inner ops are not autocast again) and back on after.
+class AutocastScope {
+ public:
+  AutocastScope() : prev_(autocast_state()) {
+    if (prev_.enabled) set_autocast_state({false, prev_.dtype});
+  }
+  ~AutocastScope() { set_autocast_state(prev_); }
+  explicit operator bool() const { return prev_.enabled; }
+  DType dtype() const { return prev_.dtype; }
+
+ private:
+  AutocastState prev_;
+};
+// x cast differentiably to `t` when it is float32 (other dtypes pass through); undefined stays.
+Tensor autocast_to(const Tensor& x, DType t);
+// x in float32 when it is a 16-bit float.
+Tensor autocast_f32(const Tensor& x);
 
 // The op's row, looked up once per call site.
 #define COIL_OP(name) static const ::coil::OpInfo& op_ = ::coil::op_info(name)

@@ -124,6 +124,7 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
 }
 
 Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
+  if (detail::AutocastScope ac; ac) return logsumexp(detail::autocast_f32(x), dims, keepdim);
   COIL_OP("logsumexp");
   if (any_distributed({&x}))
     return dist_dispatch(op_, {x}, {{"dims", dims}, {"keepdim", keepdim}})[0];

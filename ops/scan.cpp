@@ -87,6 +87,13 @@ TensorList associative_scan(const ScanCombine& combine, const TensorList& xs, in
 
 std::pair<Tensor, Tensor> causal_conv1d(const Tensor& x, const Tensor& weight,
                                         const CausalConv1dOptions& o) {
+  if (detail::AutocastScope ac; ac) {
+    CausalConv1dOptions lo = o;
+    lo.bias = detail::autocast_to(o.bias, ac.dtype());
+    lo.initial_window = detail::autocast_to(o.initial_window, ac.dtype());
+    return causal_conv1d(detail::autocast_to(x, ac.dtype()),
+                         detail::autocast_to(weight, ac.dtype()), lo);
+  }
   COIL_OP("causal_conv1d");
   const Tensor &bias = o.bias, &window = o.initial_window;
   if (any_distributed({&x, &weight, &bias, &window})) {

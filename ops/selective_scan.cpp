@@ -72,6 +72,13 @@ void check_inputs(const Tensor& u, const Tensor& delta, const Tensor& A, const T
 std::pair<Tensor, Tensor> selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A,
                                          const Tensor& B, const Tensor& C,
                                          const SelectiveScanOptions& o) {
+  if (detail::AutocastScope ac; ac) {  // scans keep float32 under autocast
+    SelectiveScanOptions f = o;
+    for (Tensor* t : {&f.D, &f.z, &f.delta_bias, &f.initial_state}) *t = detail::autocast_f32(*t);
+    return selective_scan(detail::autocast_f32(u), detail::autocast_f32(delta),
+                          detail::autocast_f32(A), detail::autocast_f32(B), detail::autocast_f32(C),
+                          f);
+  }
   COIL_OP("selective_scan");
   const Tensor &D = o.D, &z = o.z, &bias = o.delta_bias, &h0 = o.initial_state;
   const TensorList inputs{u, delta, A, B, C, D, z, bias, h0};

@@ -56,11 +56,13 @@ Tensor apply_softmax(const OpInfo& op, const Tensor& x, int64_t dim, bool log) {
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) {
+  if (detail::AutocastScope ac; ac) return softmax(detail::autocast_f32(x), dim);
   COIL_OP("softmax");
   return apply_softmax(op_, x, dim, false);
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  if (detail::AutocastScope ac; ac) return log_softmax(detail::autocast_f32(x), dim);
   COIL_OP("log_softmax");
   return apply_softmax(op_, x, dim, true);
 }

@@ -81,6 +81,12 @@ Tensor alloc_like(const Tensor& t, DType ct) {
 std::pair<Tensor, Tensor> ssd_scan(const Tensor& x, const Tensor& dt, const Tensor& A,
                                    const Tensor& B, const Tensor& C, int64_t chunk_size,
                                    const SsdScanOptions& o) {
+  if (detail::AutocastScope ac; ac) {  // scans keep float32 under autocast
+    SsdScanOptions f = o;
+    for (Tensor* t : {&f.D, &f.z, &f.dt_bias, &f.initial_state}) *t = detail::autocast_f32(*t);
+    return ssd_scan(detail::autocast_f32(x), detail::autocast_f32(dt), detail::autocast_f32(A),
+                    detail::autocast_f32(B), detail::autocast_f32(C), chunk_size, f);
+  }
   COIL_OP("ssd_scan");
   const TensorList inputs{x, dt, A, B, C, o.D, o.z, o.dt_bias, o.initial_state};
   if (any_distributed({&x, &dt, &A, &B, &C, &o.D, &o.z, &o.dt_bias, &o.initial_state})) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "../../core/autocast.h"
 #include "../elementwise_math.h"
 #include "../cpu/loops.h"
 #include "host.h"
@@ -124,8 +125,8 @@ ColMajor col_major(int64_t rows, int64_t cols, int64_t s_row, int64_t s_col) {
 void gemm_kernel(const Tensor& out, const Tensor& a_in, const Tensor& b_in) {
   check_on_gpu("bmm", {&out, &a_in, &b_in});
   const DType t = out.dtype();
-  COIL_CHECK(t == kF32 || t == kF64, "bmm (cuda): ", t,
-             " matrices are not supported on cuda (cuBLAS: f32, f64)");
+  COIL_CHECK(t == kF32 || t == kF64 || t == kBF16 || t == kF16, "bmm (cuda): ", t,
+             " matrices are not supported on cuda (cuBLAS: f32, f64, bf16, f16)");
   DeviceGuard g(out.device());
   const int64_t B = out.size(0), n = out.size(1), m = out.size(2), k = a_in.size(2);
   if (B == 0 || n == 0 || m == 0) return;
@@ -146,7 +147,17 @@ void gemm_kernel(const Tensor& out, const Tensor& a_in, const Tensor& b_in) {
   }
   const int64_t sa = a.size(0) == 1 ? 0 : a.strides()[0], sb = b.size(0) == 1 ? 0 : b.strides()[0];
   cublasHandle_t h = cublas();
-  if (t == kF32) {
+  if (t == kBF16 || t == kF16 || (t == kF32 && allow_tf32())) {
+    // 16-bit inputs on the tensor cores with float32 accumulation (and output rounded once);
+    // float32 on TF32 tensor cores when set_allow_tf32(true)
+    const cudaDataType_t dt = t == kBF16 ? CUDA_R_16BF : t == kF16 ? CUDA_R_16F : CUDA_R_32F;
+    const cublasComputeType_t ct = t == kF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    const float one = 1, zero = 0;
+    check_cublas(cublasGemmStridedBatchedEx(h, bt.op, at.op, m, n, k, &one, b.raw_data(), dt, bt.ld,
+                                            sb, a.raw_data(), dt, at.ld, sa, &zero, out.raw_data(),
+                                            dt, m, n * m, B, ct, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmStridedBatchedEx");
+  } else if (t == kF32) {
     const float one = 1, zero = 0;
     check_cublas(cublasSgemmStridedBatched(h, bt.op, at.op, m, n, k, &one, b.data_ptr<float>(),
                                            bt.ld, sb, a.data_ptr<float>(), at.ld, sa, &zero,
