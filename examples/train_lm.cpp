@@ -35,6 +35,7 @@ struct Args {
   uint64_t seed = 0;
   int threads = 0;
   int64_t cp = 1;            // context parallelism: ranks sharing each sequence (under mpirun)
+  bool bf16 = false;         // mixed precision (autocast)
   bool steps_given = false;  // --resume keeps the run's steps unless --steps says otherwise
 };
 
@@ -52,6 +53,7 @@ void usage() {
       "  --out RUN          run folder to write [runs/demo]\n"
       "  --resume RUN       continue the run in folder RUN (its config and options)\n"
       "  --seed N           [0]     --threads N   [all cores]\n"
+      "  --bf16             mixed precision: products in bfloat16 (autocast), weights float32\n"
       "  --cp N             under mpirun: split every sequence over N ranks (context\n"
       "                     parallelism); the other world_size / N split the batch [1]\n",
       Args().data.c_str());
@@ -96,6 +98,8 @@ Args parse(int argc, char** argv) {
       a.seed = std::stoull(val());
     else if (k == "--threads")
       a.threads = static_cast<int>(std::stol(val()));
+    else if (k == "--bf16")
+      a.bf16 = true;
     else if (k == "--cp")
       a.cp = std::stoll(val());
     else
@@ -133,6 +137,7 @@ std::string options_json(const Args& a) {
   j.set("lr", a.lr);
   j.set("eval_every", a.eval_every);
   j.set("seed", static_cast<int64_t>(a.seed));
+  j.set("bf16", a.bf16);
   return j.dump(2) + "\n";
 }
 
@@ -145,6 +150,7 @@ void read_options(const std::string& run, Args& a) {
   a.lr = j.get<double>("lr", a.lr);
   a.eval_every = j.get<int64_t>("eval_every", a.eval_every);
   a.seed = static_cast<uint64_t>(j.get<int64_t>("seed", 0));
+  a.bf16 = j.get<bool>("bf16", false);
 }
 
 constexpr double kLn2 = 0.6931471805599453;
@@ -182,6 +188,7 @@ int main(int argc, char** argv) try {
   to.data_seed = 1000 + a.seed;
   to.data_parallel = dist::world_size() > 1;
   to.context_parallel = a.cp;
+  to.autocast_bf16 = a.bf16;
   nn::LMTrainer trainer(model, data, to);
 
   if (main_rank) fs::create_directories(a.out);

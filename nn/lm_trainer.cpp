@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "../core/autocast.h"
 #include "../autograd/autograd.h"
 #include "../dist/device_mesh.h"
 #include "../core/error.h"
@@ -121,6 +122,7 @@ LMTrainer::LMTrainer(std::shared_ptr<MambaLM> model, ByteCorpus data, TrainOptio
 LMTrainer::~LMTrainer() = default;
 
 Tensor LMTrainer::local_loss(const Tensor& window, int64_t global_rows) const {
+  AutocastGuard autocast(kBF16, o_.autocast_bf16);
   const int64_t b = window.size(0), L = window.size(1) - 1;
   int64_t start = 0, len = L;
   if (cp_group_) {  // this rank's piece of the sequence (torch.chunk's split)

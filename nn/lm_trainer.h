@@ -46,6 +46,9 @@ struct TrainOptions {
   // A step whose gradients hold NaN or Inf is skipped (no update, counted in skipped_steps())
   // instead of spreading the NaN into every parameter; the data and the schedule move on.
   bool skip_nonfinite = true;
+  // Mixed precision: the forward and the loss under AutocastGuard(kBF16) (core/autocast.h);
+  // parameters, gradients and AdamW's state stay float32.
+  bool autocast_bf16 = false;
   uint64_t data_seed = 1234;
   // Under mpirun: every rank trains on its equal slice of each batch (batch / world size rows)
   // and gradients are averaged over the world (nn::DataParallel), so the run computes what one

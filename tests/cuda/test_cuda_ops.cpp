@@ -518,6 +518,62 @@ TEST_SUITE("cuda") {
     check_same(fg, fc, "final state without grad", 2e-5);
   }
 
+  TEST_CASE("bf16 and f16 GEMMs on the tensor cores, TF32 when allowed") {
+    manual_seed(16);
+    Tensor a = ct::rnd({3, 70, 130}), b = ct::rnd({130, 90});
+    const Tensor ref = matmul(a, b);  // float32 on the CPU
+    for (DType t : {kBF16, kF16}) {
+      CAPTURE(t);
+      // the CPU widens the same rounded inputs to float32: the products agree to the output's
+      // rounding (bf16: 8 bits of mantissa)
+      const Tensor got = matmul(gpu(a.to(t)), gpu(b.to(t)));
+      check_same(got, matmul(a.to(t), b.to(t)), "16-bit matmul", 1e-2);
+      CHECK(ct::rel_error(got.to(Device(kCPU)).to(kF32), ref) < 1e-2);
+    }
+    CHECK(!allow_tf32());
+    set_allow_tf32(true);
+    const Tensor tf = matmul(gpu(a), gpu(b));
+    set_allow_tf32(false);
+    const double e = ct::rel_error(tf.to(Device(kCPU)), ref);
+    MESSAGE("tf32 matmul: normwise error " << e);
+    CHECK(e < 3e-4);
+    check_same(matmul(gpu(a), gpu(b)), ref, "float32 again once tf32 is off");
+  }
+
+  TEST_CASE("autocast on the GPU: a Mamba-2 LM's loss and gradients near the CPU's") {
+    nn::MambaConfig c;
+    c.model_type = "mamba2";
+    c.vocab_size = 64;
+    c.hidden_size = 64;
+    c.num_hidden_layers = 2;
+    c.state_size = 16;
+    c.num_heads = 8;
+    c.head_dim = 16;
+    c.n_groups = 1;
+    c.chunk_size = 16;
+    manual_seed(17);
+    auto cpu_model = std::make_shared<nn::MambaLM>(c);
+    manual_seed(17);
+    auto gpu_model = std::make_shared<nn::MambaLM>(c);
+    gpu_model->to(kGpu);
+    Tensor ids = randint(0, 64, {4, 49});
+    auto loss_of = [&](nn::MambaLM& m, const Tensor& x) {
+      AutocastGuard autocast(kBF16);
+      Tensor logits = m.forward(x.narrow(1, 0, 48));
+      CHECK(logits.dtype() == kBF16);
+      return cross_entropy(logits.reshape({-1, 64}), x.narrow(1, 1, 48).reshape({-1}));
+    };
+    Tensor lc = loss_of(*cpu_model, ids), lg = loss_of(*gpu_model, gpu(ids));
+    lc.backward();
+    lg.backward();
+    CHECK(std::fabs(lc.item<double>() - lg.item<double>()) < 1e-2 * lc.item<double>());
+    const auto pc = cpu_model->parameters(), pg = gpu_model->parameters();
+    for (size_t i = 0; i < pc.size(); ++i) {
+      REQUIRE(pg[i].grad().dtype() == kF32);
+      CHECK(ct::rel_error(pg[i].grad().to(Device(kCPU)), pc[i].grad()) < 5e-2);
+    }
+  }
+
   TEST_CASE("20 training steps of a Mamba and a Mamba-2 LM on the GPU give the CPU's losses") {
     for (const std::string mixer : {"mamba", "mamba2"}) {
       CAPTURE(mixer);
