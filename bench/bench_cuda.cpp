@@ -55,6 +55,61 @@ void report(const char* op, const char* pass, int64_t B, int64_t L, int64_t dim,
   std::fflush(stdout);
 }
 
+// The mamba-130m training step of issue 9: bf16 autocast, AdamW, batch x L tokens, against the
+// GEMM bound measured in the same run: the model's products (every layer's in_proj, x_proj,
+// dt_proj, out_proj and the tied head; forward, and backward's dX and dW) timed alone as bf16
+// cuBLAS GEMMs. gemm_bound_tokens_per_s = tokens / (their summed time).
+void train_step(int64_t batch, int64_t L) {
+  const nn::MambaConfig c = nn::MambaConfig::mamba_130m();
+  const int64_t M = batch * L, d = c.hidden_size, e = c.intermediate_size(), r = c.dt_rank(),
+                n = c.state_size, V = c.vocab_size;
+  struct Shape3 {
+    int64_t k, n, count;  // X (M, k) W^T (k, n), `count` times per step
+  };
+  const std::vector<Shape3> gemms = {{d, 2 * e, c.num_hidden_layers},
+                                     {e, r + 2 * n, c.num_hidden_layers},
+                                     {r, e, c.num_hidden_layers},
+                                     {e, d, c.num_hidden_layers},
+                                     {d, V, 1}};
+  double gemm_ms = 0;
+  for (const Shape3& g : gemms) {
+    Tensor x = dev({M, g.k}, -1, 1, false).to(kBF16), w = dev({g.n, g.k}, -1, 1, false).to(kBF16);
+    Tensor dy = dev({M, g.n}, -1, 1, false).to(kBF16);
+    NoGradGuard ng;
+    const double ms = time_case([&] {
+      matmul(x, w.t());   // forward
+      matmul(dy, w);      // dX
+      matmul(dy.t(), x);  // dW
+    });
+    gemm_ms += ms * static_cast<double>(g.count);
+  }
+  manual_seed(0);
+  auto model = std::make_shared<nn::MambaLM>(c);
+  model->to(kGpu);
+  optim::AdamW opt(model->parameters(), {.lr = 1e-4});
+  Tensor ids = randint(0, V, {batch, L + 1}).to(kGpu);
+  double loss = 0;
+  const double ms = time_case([&] {
+    opt.zero_grad();
+    Tensor l;
+    {
+      AutocastGuard autocast(kBF16);
+      Tensor logits = model->forward(ids.narrow(1, 0, L));
+      l = cross_entropy(logits.reshape({M, V}), ids.narrow(1, 1, L).reshape({M}));
+    }
+    l.backward();
+    optim::clip_grad_norm_(model->parameters(), 1.0);
+    opt.step();
+    loss = l.item<double>();
+  });
+  const double tok_s = M / (ms * 1e-3), bound = M / (gemm_ms * 1e-3);
+  std::printf(
+      "bench=cuda_train model=mamba-130m batch=%lld L=%lld autocast=bf16 median_ms=%.1f "
+      "tokens_per_s=%.0f gemm_ms=%.2f gemm_bound_tokens_per_s=%.0f fraction=%.3f loss=%.3f\n",
+      (long long)batch, (long long)L, ms, tok_s, gemm_ms, bound, tok_s / bound, loss);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main() try {
@@ -126,6 +181,7 @@ int main() try {
     report("ssd_scan", "fwd_bwd", B, L, H * P, N, ms, fwd_bytes + bwd_bytes, 2 * tok * H, bw,
            exp_rate);
   }
+  train_step(B, L);
   return 0;
 } catch (const coil::Error& e) {
   std::fprintf(stderr, "error: %s\n", e.what());
