@@ -59,18 +59,22 @@ void report(const char* op, const char* pass, int64_t B, int64_t L, int64_t dim,
 // GEMM bound measured in the same run: the model's products (every layer's in_proj, x_proj,
 // dt_proj, out_proj and the tied head; forward, and backward's dX and dW) timed alone as bf16
 // cuBLAS GEMMs. gemm_bound_tokens_per_s = tokens / (their summed time).
-void train_step(int64_t batch, int64_t L) {
-  const nn::MambaConfig c = nn::MambaConfig::mamba_130m();
+void train_step(const nn::MambaConfig& c, const char* name, int64_t batch, int64_t L) {
   const int64_t M = batch * L, d = c.hidden_size, e = c.intermediate_size(), r = c.dt_rank(),
                 n = c.state_size, V = c.vocab_size;
   struct Shape3 {
     int64_t k, n, count;  // X (M, k) W^T (k, n), `count` times per step
   };
-  const std::vector<Shape3> gemms = {{d, 2 * e, c.num_hidden_layers},
-                                     {e, r + 2 * n, c.num_hidden_layers},
-                                     {r, e, c.num_hidden_layers},
-                                     {e, d, c.num_hidden_layers},
-                                     {d, V, 1}};
+  const int64_t layers = c.num_hidden_layers;
+  const std::vector<Shape3> gemms =
+      c.is_mamba2() ? std::vector<Shape3>{{d, 2 * e + 2 * c.n_groups * n + c.num_heads, layers},
+                                          {e, d, layers},
+                                          {d, V, 1}}
+                    : std::vector<Shape3>{{d, 2 * e, layers},
+                                          {e, r + 2 * n, layers},
+                                          {r, e, layers},
+                                          {e, d, layers},
+                                          {d, V, 1}};
   double gemm_ms = 0;
   for (const Shape3& g : gemms) {
     Tensor x = dev({M, g.k}, -1, 1, false).to(kBF16), w = dev({g.n, g.k}, -1, 1, false).to(kBF16);
@@ -104,9 +108,9 @@ void train_step(int64_t batch, int64_t L) {
   });
   const double tok_s = M / (ms * 1e-3), bound = M / (gemm_ms * 1e-3);
   std::printf(
-      "bench=cuda_train model=mamba-130m batch=%lld L=%lld autocast=bf16 median_ms=%.1f "
+      "bench=cuda_train impl=coil model=%s batch=%lld L=%lld autocast=bf16 median_ms=%.1f "
       "tokens_per_s=%.0f gemm_ms=%.2f gemm_bound_tokens_per_s=%.0f fraction=%.3f loss=%.3f\n",
-      (long long)batch, (long long)L, ms, tok_s, gemm_ms, bound, tok_s / bound, loss);
+      name, (long long)batch, (long long)L, ms, tok_s, gemm_ms, bound, tok_s / bound, loss);
   std::fflush(stdout);
 }
 
@@ -181,7 +185,8 @@ int main() try {
     report("ssd_scan", "fwd_bwd", B, L, H * P, N, ms, fwd_bytes + bwd_bytes, 2 * tok * H, bw,
            exp_rate);
   }
-  train_step(B, L);
+  train_step(nn::MambaConfig::mamba_130m(), "mamba-130m", B, L);
+  train_step(nn::MambaConfig::mamba2_130m(), "mamba2-130m", B, L);
   return 0;
 } catch (const coil::Error& e) {
   std::fprintf(stderr, "error: %s\n", e.what());
