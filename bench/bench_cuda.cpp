@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <functional>
 #include <vector>
 
@@ -124,6 +126,12 @@ int main() try {
   const double bw = probe_copy_bandwidth(size_t(1) << 30), exp_rate = probe_exp_rate();
   std::printf("bench=cuda_probe copy_GBps=%.0f exp_per_s=%.3g\n", bw * 1e-9, exp_rate);
   const int64_t B = 8, L = 2048;
+  // BENCH_CUDA_ONLY=train: the training steps alone (for a profiler)
+  const char* only = std::getenv("BENCH_CUDA_ONLY");
+  if (only && std::string(only) == "train") {
+    train_step(nn::MambaConfig::mamba_130m(), "mamba-130m", B, L);
+    return 0;
+  }
   {  // selective_scan, Mamba-1 shapes (mamba-130m: d_inner 1536, N 16)
     const int64_t D = 1536, N = 16;
     Tensor u = dev({B, L, D}, -1, 1, true), delta = dev({B, L, D}, -4, 0, true);

@@ -23,6 +23,10 @@ struct Offsets {
 
 __device__ __forceinline__ Offsets offsets(const ElemGeom& g, int64_t i, int n_ops) {
   Offsets r{};
+  if (g.ndim == 1) {  // contiguous runs merge into one dim: no divisions (the common case)
+    for (int k = 0; k < n_ops; ++k) r.o[k] = i * g.strides[k][0];
+    return r;
+  }
   for (int d = g.ndim - 1; d >= 0; --d) {
     const int64_t size = g.sizes[d];
     const int64_t q = i / size, c = i - q * size;
@@ -153,6 +157,14 @@ __global__ void copy_k(Ty dst_t, Ty src_t, ElemGeom g, void* dst, const void* sr
           static_cast<int32_t>(static_cast<const int64_t*>(src)[o.o[1]]);
     } else if (src_t == dst_t && (src_t == Ty::bf16 || src_t == Ty::f16)) {
       static_cast<uint16_t*>(dst)[o.o[0]] = static_cast<const uint16_t*>(src)[o.o[1]];
+    } else if (src_t == Ty::f32 && dst_t == Ty::bf16) {  // autocast's casts, without doubles
+      static_cast<__nv_bfloat16*>(dst)[o.o[0]] =
+          __float2bfloat16_rn(static_cast<const float*>(src)[o.o[1]]);
+    } else if (src_t == Ty::bf16 && dst_t == Ty::f32) {
+      static_cast<float*>(dst)[o.o[0]] =
+          __bfloat162float(static_cast<const __nv_bfloat16*>(src)[o.o[1]]);
+    } else if (src_t == Ty::f32 && dst_t == Ty::f32) {
+      static_cast<float*>(dst)[o.o[0]] = static_cast<const float*>(src)[o.o[1]];
     } else {
       store_from_double(dst_t, dst, o.o[0], load_as_double(src_t, src, o.o[1]));
     }

@@ -90,9 +90,11 @@ void reduce_kernel(ReduceOp op, const Tensor& out, const Tensor& idx, const Tens
   COIL_CHECK(!is_half(in.dtype()), "reduce kernel: 16-bit inputs are converted by the op layer");
   DeviceGuard g(in.device());
   const bool index_only = op == ReduceOp::argmax || op == ReduceOp::argmin;
+  const int64_t sb = reduce_scratch_bytes(static_cast<int>(op), outer, r);
+  Tensor scratch = sb > 0 ? empty({sb / 8}, Options(kI64, in.device())) : Tensor();
   launch_reduce(static_cast<int>(op), ty(in.dtype()), index_only ? nullptr : out.raw_data(),
                 idx.defined() ? idx.data_ptr<int64_t>() : nullptr, in.raw_data(), outer, r,
-                stream());
+                scratch.defined() ? scratch.raw_data() : nullptr, stream());
   after_launch("reduce kernel");
 }
 

@@ -34,8 +34,11 @@ void launch_where(Ty t, const ElemGeom& g, void* out, const void* cond, const vo
 void launch_copy(Ty dst_t, Ty src_t, const ElemGeom& g, void* dst, const void* src, cudaStream_t s);
 void launch_fill(Ty t, const ElemGeom& g, void* out, double value, cudaStream_t s);
 // in [outer, r] contiguous -> out [outer] (idx [outer] int64 for arg ops, or max/min when set).
+// scratch: reduce_scratch_bytes(op, outer, r) bytes of device memory (sums of a few long rows
+// run in two passes through it), or null when that is 0.
+int64_t reduce_scratch_bytes(int op, int64_t outer, int64_t r);
 void launch_reduce(int op, Ty t, void* out, int64_t* idx, const void* in, int64_t outer, int64_t r,
-                   cudaStream_t s);
+                   void* scratch, cudaStream_t s);
 // in, out [outer, n, inner] contiguous; softmax (log_softmax when log) along n.
 void launch_softmax(Ty t, void* out, const void* in, int64_t outer, int64_t n, int64_t inner,
                     bool log, cudaStream_t s);
@@ -127,10 +130,12 @@ void launch_selective_scan_fast_backward(const ScanArgs& a, const void* checkpoi
 void launch_conv_forward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* y,
                          const void* x, const void* w, const void* bias, const void* window,
                          bool silu, cudaStream_t s);
-// ds (B, L, C) scratch; dw, dbias written whole (may be null), dwindow (may be null)
+// ds (B, L, C) scratch; dw, dbias written whole (may be null), dwindow (may be null);
+// dw_parts: conv_dw_parts_bytes(B, L, C, K) bytes of device scratch (or null when that is 0)
+int64_t conv_dw_parts_bytes(int64_t B, int64_t L, int64_t C, int64_t K);
 void launch_conv_backward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* dx, void* dw,
                           void* dbias, void* dwindow, void* ds, const void* dy, const void* x,
                           const void* w, const void* bias, const void* window, bool silu,
-                          cudaStream_t s);
+                          void* dw_parts, cudaStream_t s);
 
 }  // namespace coil::cuda

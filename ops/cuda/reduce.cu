@@ -127,6 +127,40 @@ __global__ void reduce_k(int op_i, T* out, int64_t* idx, const T* in, int64_t r)
   if (t == 0) out[blockIdx.x] = static_cast<T>(acc[0]);
 }
 
+// Sums of a few long rows (a gradient's squared norm, a loss): one block per row would leave the
+// GPU idle, so kSumParts blocks per row each sum a fixed slice into parts[row][part] (double or
+// int64), and one thread per row adds its parts in order: the result does not depend on timing.
+constexpr int kSumParts = 256;
+template <class T>
+using SumAcc = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
+
+template <class T>
+__global__ void sum_parts_k(SumAcc<T>* parts, const T* in, int64_t r, int64_t chunk) {
+  using A = SumAcc<T>;
+  const T* row = in + blockIdx.y * r;
+  const int64_t lo = blockIdx.x * chunk, hi = lo + chunk < r ? lo + chunk : r;
+  const int t = threadIdx.x;
+  __shared__ A acc[kThreads];
+  A a = 0;
+  for (int64_t i = lo + t; i < hi; i += kThreads) a += static_cast<A>(row[i]);
+  acc[t] = a;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s /= 2) {
+    if (t < s) acc[t] += acc[t + s];
+    __syncthreads();
+  }
+  if (t == 0) parts[blockIdx.y * int64_t(gridDim.x) + blockIdx.x] = acc[0];
+}
+
+template <class T>
+__global__ void sum_finish_k(T* out, const SumAcc<T>* parts, int64_t outer, int nparts) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (row >= outer) return;
+  SumAcc<T> a = 0;
+  for (int p = 0; p < nparts; ++p) a += parts[row * nparts + p];
+  out[row] = static_cast<T>(a);
+}
+
 // One block per row of a last-dim softmax (inner == 1).
 template <class T>
 __global__ void softmax_rows_k(T* out, const T* in, int64_t n, bool log_out) {
@@ -183,11 +217,25 @@ __global__ void softmax_cols_k(T* out, const T* in, int64_t outer, int64_t n, in
 
 }  // namespace
 
+int64_t reduce_scratch_bytes(int op, int64_t outer, int64_t r) {
+  const bool split = static_cast<ReduceOp>(op) == ReduceOp::sum && outer <= 64 && r >= (1 << 16);
+  return split ? outer * kSumParts * 8 : 0;
+}
+
 void launch_reduce(int op, Ty t, void* out, int64_t* idx, const void* in, int64_t outer, int64_t r,
-                   cudaStream_t s) {
+                   void* scratch, cudaStream_t s) {
   if (outer == 0) return;
   by_type(t, [&](auto z) {
     using T = decltype(z);
+    if (scratch && reduce_scratch_bytes(op, outer, r) > 0) {
+      auto* parts = static_cast<SumAcc<T>*>(scratch);
+      const int64_t chunk = (r + kSumParts - 1) / kSumParts;
+      sum_parts_k<T><<<dim3(kSumParts, static_cast<unsigned>(outer)), kThreads, 0, s>>>(
+          parts, static_cast<const T*>(in), r, chunk);
+      sum_finish_k<T><<<static_cast<unsigned>((outer + 63) / 64), 64, 0, s>>>(
+          static_cast<T*>(out), parts, outer, kSumParts);
+      return;
+    }
     reduce_k<T><<<static_cast<unsigned>(outer), kThreads, 0, s>>>(op, static_cast<T*>(out), idx,
                                                                   static_cast<const T*>(in), r);
   });

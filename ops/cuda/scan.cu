@@ -330,7 +330,51 @@ __global__ void conv_dinput_k(int64_t B, int64_t L, int64_t C, int64_t K, T* dx,
   }
 }
 
-// dw[c, k] and dbias[c]: one thread per (k or bias, c), summing over (b, t) in double
+// dw and dbias in two passes: sums over (b, t) are long (batch x L tokens) and there are only
+// (K + 1) x C of them, so each thread first sums one slice of kDwChunk tokens for one channel
+// (all K taps and the bias, in double) into parts[slice][k][c], then one thread per (k, c) adds
+// the slices in order (no atomics: the result does not depend on timing).
+constexpr int kDwMaxK = 8;
+constexpr int64_t kDwChunk = 256;
+int64_t dw_slices(int64_t B, int64_t L) { return (B * L + kDwChunk - 1) / kDwChunk; }
+
+template <class T>
+__global__ void conv_dw_parts_k(int64_t B, int64_t L, int64_t C, int64_t K, double* parts,
+                                const T* ds, const T* x, const T* win, int64_t slices) {
+  COIL_GRID_LOOP(i, slices * C) {
+    const int64_t c = i % C, p = i / C;
+    double acc[kDwMaxK + 1] = {};
+    const int64_t lo = p * kDwChunk, hi = lo + kDwChunk < B * L ? lo + kDwChunk : B * L;
+    for (int64_t bt = lo; bt < hi; ++bt) {
+      const int64_t b = bt / L, t = bt - b * L;
+      const double g = ds[bt * C + c];
+#pragma unroll
+      for (int k = 0; k < kDwMaxK; ++k)
+        if (k < K) acc[k] += g * conv_input(x, win, b, t + k - (K - 1), c, L, C, K);
+      acc[kDwMaxK] += g;
+    }
+    for (int64_t k = 0; k < K; ++k) parts[(p * (K + 1) + k) * C + c] = acc[k];
+    parts[(p * (K + 1) + K) * C + c] = acc[kDwMaxK];
+  }
+}
+
+template <class T>
+__global__ void conv_dw_finish_k(int64_t C, int64_t K, T* dw, T* dbias, const double* parts,
+                                 int64_t slices) {
+  COIL_GRID_LOOP(i, (K + 1) * C) {
+    const int64_t c = i % C, k = i / C;  // k == K: the bias
+    if ((k == K && !dbias) || (k < K && !dw)) continue;
+    double acc = 0;
+    for (int64_t p = 0; p < slices; ++p) acc += parts[(p * (K + 1) + k) * C + c];
+    if (k == K)
+      dbias[c] = static_cast<T>(acc);
+    else
+      dw[c * K + k] = static_cast<T>(acc);
+  }
+}
+
+// dw[c, k] and dbias[c]: one thread per (k or bias, c), summing over (b, t) in double (taps
+// past kDwMaxK)
 template <class T>
 __global__ void conv_dw_k(int64_t B, int64_t L, int64_t C, int64_t K, T* dw, T* dbias, const T* ds,
                           const T* x, const T* win) {
@@ -387,10 +431,14 @@ void launch_conv_forward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, v
     go(float{});
 }
 
+int64_t conv_dw_parts_bytes(int64_t B, int64_t L, int64_t C, int64_t K) {
+  return K <= kDwMaxK ? dw_slices(B, L) * (K + 1) * C * 8 : 0;
+}
+
 void launch_conv_backward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* dx, void* dw,
                           void* dbias, void* dwindow, void* ds, const void* dy, const void* x,
                           const void* w, const void* bias, const void* window, bool silu,
-                          cudaStream_t s) {
+                          void* dw_parts, cudaStream_t s) {
   auto go = [&](auto z) {
     using T = decltype(z);
     const T *xp = static_cast<const T*>(x), *wp = static_cast<const T*>(w);
@@ -402,9 +450,18 @@ void launch_conv_backward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, 
     if (B * (L + K - 1) * C > 0)
       conv_dinput_k<T><<<blocks_for(B * (L + K - 1) * C), 256, 0, s>>>(
           B, L, C, K, static_cast<T*>(dx), static_cast<T*>(dwindow), dsp, wp);
-    if ((K + 1) * C > 0)
+    if ((K + 1) * C == 0) return;
+    if (dw_parts && B * L > 0) {
+      const int64_t slices = dw_slices(B, L);
+      auto* parts = static_cast<double*>(dw_parts);
+      conv_dw_parts_k<T><<<blocks_for(slices * C), 256, 0, s>>>(B, L, C, K, parts, dsp, xp, winp,
+                                                                 slices);
+      conv_dw_finish_k<T><<<blocks_for((K + 1) * C), 256, 0, s>>>(
+          C, K, static_cast<T*>(dw), static_cast<T*>(dbias), parts, slices);
+    } else {
       conv_dw_k<T><<<blocks_for((K + 1) * C), 256, 0, s>>>(B, L, C, K, static_cast<T*>(dw),
                                                            static_cast<T*>(dbias), dsp, xp, winp);
+    }
   };
   if (f64)
     go(double{});

@@ -193,9 +193,12 @@ void causal_conv_backward_kernel(const Tensor& dx, const Tensor& dw, const Tenso
   check_on_gpu("causal_conv1d_backward", {&dx, &dy, &x, &w});
   DeviceGuard dg(dx.device());
   Tensor ds = empty(dy.sizes(), Options(dy.dtype(), dy.device()));
+  const int64_t pb = conv_dw_parts_bytes(x.size(0), x.size(1), x.size(2), w.size(1));
+  Tensor parts = pb > 0 ? empty({pb / 8}, Options(kF64, dx.device())) : Tensor();
   launch_conv_backward(x.dtype() == kF64, x.size(0), x.size(1), x.size(2), w.size(1), dx.raw_data(),
                        mut(dw), mut(dbias), mut(dwindow), ds.raw_data(), dy.raw_data(),
-                       x.raw_data(), w.raw_data(), ptr(bias), ptr(window), silu, stream());
+                       x.raw_data(), w.raw_data(), ptr(bias), ptr(window), silu,
+                       parts.defined() ? parts.raw_data() : nullptr, stream());
   after_launch("causal_conv1d backward kernel");
 }
 
