@@ -297,12 +297,15 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
   const unsigned char* data = base + 8 + n;
   // A file coil wrote carries a checksum per tensor: a flipped bit is an error, not a weight.
+  // (by name through a map: a header of many tensors must not take quadratic time)
+  std::unordered_map<std::string_view, const Entry*> by_name;
+  for (const Entry& e : entries) by_name.emplace(e.name, &e);
   for (const auto& [name, want] : checksums) {
-    auto it = std::find_if(entries.begin(), entries.end(),
-                           [&](const Entry& e) { return e.name == name; });
-    COIL_CHECK(it != entries.end(), "load_safetensors: '", path, "': a checksum names tensor '",
+    auto it = by_name.find(name);
+    COIL_CHECK(it != by_name.end(), "load_safetensors: '", path, "': a checksum names tensor '",
                name, "', which the file lacks");
-    const std::string got = hex32(crc32c(data + it->begin, it->end - it->begin));
+    const Entry& e = *it->second;
+    const std::string got = hex32(crc32c(data + e.begin, e.end - e.begin));
     COIL_CHECK(got == want, "load_safetensors: '", path, "': tensor '", name,
                "' does not match its checksum (crc32c ", got, ", stored ", want,
                "): the file is corrupted");
