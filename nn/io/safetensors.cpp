@@ -122,11 +122,13 @@ Entry parse_entry(const std::string& path, const std::string& name, const json::
   if (!dtype_from_name(dt->as_string(), &e.dtype))
     bad("dtype ", dt->as_string(), " is not supported (coil reads ", kSupported, ")");
   uint64_t numel = 1;
-  bool overflow = false;
+  int64_t span = 1;  // the product of the sizes with zeros as ones: the strides must fit int64
+  bool overflow = false, span_overflow = false;
   for (const json::Value& d : shape->items()) {
     int64_t n = header_int(path, name, "shape", d);
     e.shape.push_back(n);
     overflow = overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(n), &numel);
+    span_overflow = span_overflow || __builtin_mul_overflow(span, std::max<int64_t>(n, 1), &span);
   }
   e.begin = static_cast<uint64_t>(header_int(path, name, "data_offsets", (*offs)[0]));
   e.end = static_cast<uint64_t>(header_int(path, name, "data_offsets", (*offs)[1]));
@@ -140,6 +142,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const json::
     bad("shape ", shape_str(e.shape), " of ", dt->as_string(), " needs ",
         overflow ? std::string("more than 2^64") : std::to_string(nbytes),
         " bytes but data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin);
+  // (no elements, but a size of 0 next to sizes whose product is past int64)
+  if (span_overflow) bad("shape ", shape_str(e.shape), " is too large for int64 strides");
   return e;
 }
 
