@@ -14,11 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${FUZZ_BUILD:-build-fuzz}
 ALL_TARGETS=(safetensors config checkpoint dcp byte_corpus)
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/.ci/lsan.supp}
+export ASAN_OPTIONS=detect_leaks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export LSAN_OPTIONS=suppressions=$PWD/.ci/lsan.supp
+symbolizer=/usr/lib/llvm-14/bin/llvm-symbolizer
+[ -x "$symbolizer" ] && export ASAN_SYMBOLIZER_PATH=$symbolizer
 
 build() {
+  bash scripts/setup.sh fuzz
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_COMPILER="${FUZZ_CXX:-clang++-14}" -DCOIL_FUZZ=ON -DCOIL_CUDA=OFF \
     -DCOIL_BUILD_TESTS=OFF -DCOIL_BUILD_BENCH=OFF -DCOIL_BUILD_EXAMPLES=OFF \
