@@ -8,6 +8,9 @@ namespace coil::nn {
 void HybridConfig::validate() const {
   COIL_CHECK(vocab_size > 0 && hidden_size > 0 && num_hidden_layers > 0,
              "HybridConfig: vocab_size, hidden_size and num_hidden_layers must be positive");
+  // Layers are built (and written to config.json) one by one: an absurd count would hang.
+  COIL_CHECK(num_hidden_layers <= MambaConfig::kMaxLayers, "HybridConfig: num_hidden_layers ",
+             num_hidden_layers, " is more than ", MambaConfig::kMaxLayers);
   COIL_CHECK(layer_types.empty() || static_cast<int64_t>(layer_types.size()) == num_hidden_layers,
              "HybridConfig: layer_types has ", layer_types.size(), " entries for ",
              num_hidden_layers, " layers");
@@ -15,8 +18,18 @@ void HybridConfig::validate() const {
     COIL_CHECK(layer_types[i] == "mamba" || layer_types[i] == "linear_attention",
                "HybridConfig: layer ", i, " is '", layer_types[i],
                "': coil builds mamba layers only (attention layers are not supported)");
-  COIL_CHECK((mamba_n_heads * mamba_d_head) % hidden_size == 0,
-             "HybridConfig: mamba_n_heads * mamba_d_head = ", mamba_n_heads * mamba_d_head,
+  for (auto [field, v] : {std::pair<const char*, int64_t>{"mamba_n_heads", mamba_n_heads},
+                          {"mamba_d_head", mamba_d_head},
+                          {"mamba_d_state", mamba_d_state},
+                          {"mamba_n_groups", mamba_n_groups},
+                          {"mamba_d_conv", mamba_d_conv},
+                          {"mamba_chunk_size", mamba_chunk_size}})
+    COIL_CHECK(v > 0, "HybridConfig: ", field, " must be positive, got ", v);
+  int64_t d_inner = 0;
+  COIL_CHECK(!__builtin_mul_overflow(mamba_n_heads, mamba_d_head, &d_inner),
+             "HybridConfig: mamba_n_heads ", mamba_n_heads, " x mamba_d_head ", mamba_d_head,
+             " is out of range");
+  COIL_CHECK(d_inner % hidden_size == 0, "HybridConfig: mamba_n_heads * mamba_d_head = ", d_inner,
              " must be a multiple of hidden_size ", hidden_size);
   COIL_CHECK(pad_token_id >= -1 && pad_token_id < vocab_size, "HybridConfig: pad_token_id ",
              pad_token_id, " is not a token of the vocabulary of ", vocab_size, " (-1: none)");

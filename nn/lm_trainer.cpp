@@ -67,15 +67,18 @@ Tensor ByteCorpus::batch(bool validation, int64_t batch, int64_t L, uint64_t see
                          int64_t index) const {
   const int64_t base = validation ? train_size_ : 0;
   const int64_t n = validation ? val_size() : train_size_;
-  COIL_CHECK(batch > 0 && L > 0, "ByteCorpus::batch: batch ", batch, " and L ", L,
-             " must be positive");
-  COIL_CHECK(n > L + 1, "ByteCorpus::batch: the ", validation ? "validation" : "training",
-             " split of '", path_, "' has ", n, " bytes, too few for windows of ", L + 1);
+  COIL_CHECK(batch > 0 && L > 0 && index >= 0, "ByteCorpus::batch: batch ", batch, " and L ", L,
+             " must be positive, index ", index, " non-negative");
+  COIL_CHECK(n - 1 > L, "ByteCorpus::batch: the ", validation ? "validation" : "training",
+             " split of '", path_, "' has ", n, " bytes, too few for windows of ",
+             static_cast<uint64_t>(L) + 1);
   Tensor out = empty({batch, L + 1}, kI64);
   int64_t* o = out.data_ptr<int64_t>();
   const uint64_t span = static_cast<uint64_t>(n - L - 1) + 1;
   for (int64_t b = 0; b < batch; ++b) {
-    auto r = philox4x32(seed, static_cast<uint64_t>(index * batch + b));
+    // unsigned: a large index (a checkpoint's step) wraps the counter instead of overflowing
+    auto r = philox4x32(seed, static_cast<uint64_t>(index) * static_cast<uint64_t>(batch) +
+                                  static_cast<uint64_t>(b));
     uint64_t start = ((static_cast<uint64_t>(r[0]) << 32) | r[1]) % span;
     const uint8_t* src = data_ + base + start;
     for (int64_t t = 0; t <= L; ++t) o[b * (L + 1) + t] = src[t];
@@ -218,20 +221,38 @@ void LMTrainer::load_checkpoint(const std::string& path) {
   };
   auto as_u64 = [&](const std::string& key) {
     const std::string s = meta(key);
+    // digits only: stoull would also take spaces and a sign ("-1" reads as 2^64 - 1)
+    bool digits = !s.empty();
+    for (char ch : s) digits = digits && ch >= '0' && ch <= '9';
     try {
       size_t used = 0;
       unsigned long long v = std::stoull(s, &used);
-      COIL_CHECK(used == s.size(), "trailing characters");
+      COIL_CHECK(digits && used == s.size(), "trailing characters");
       return static_cast<uint64_t>(v);
     } catch (const std::exception&) {
       fail("LMTrainer::load_checkpoint: '", path, "': ", key, " is not a number: '", s, "'");
     }
+  };
+  // A step: at most 2^53, exact as a double (the schedule computes with it), and far from the
+  // int64 limit that the next steps would overflow.
+  auto as_step = [&](const std::string& key) {
+    const uint64_t v = as_u64(key);
+    COIL_CHECK(v <= (uint64_t(1) << 53), "LMTrainer::load_checkpoint: '", path, "': ", key, " ", v,
+               " is out of range (at most 2^53)");
+    return static_cast<int64_t>(v);
   };
   COIL_CHECK(meta("format") == "coil.lm_checkpoint", "LMTrainer::load_checkpoint: '", path,
              "' is not a coil training checkpoint (format '", meta("format"), "')");
   const uint64_t version = as_u64("format_version");
   COIL_CHECK(version == kCheckpointVersion, "LMTrainer::load_checkpoint: '", path,
              "' has format_version ", version, ", this coil reads ", kCheckpointVersion);
+  // Every number is read before anything changes: a bad one leaves the trainer as it was.
+  const int64_t step = as_step("step"), scheduler_step = as_step("scheduler_step");
+  const uint64_t data_seed = as_u64("data_seed");
+  const RngState rng{as_u64("rng_seed"), as_u64("rng_offset")};
+  int64_t skipped = 0;  // absent from checkpoints written before the non-finite guard existed
+  for (auto& [k, v] : f.metadata)
+    if (k == "skipped_steps") skipped = as_step("skipped_steps");
   NamedTensors model_state;
   optim::StateDict optim_state;
   for (auto& [name, t] : f.tensors) {
@@ -248,13 +269,11 @@ void LMTrainer::load_checkpoint(const std::string& path) {
   } catch (const Error& e) {
     fail("LMTrainer::load_checkpoint: '", path, "': ", e.what());
   }
-  step_ = static_cast<int64_t>(as_u64("step"));
-  o_.data_seed = as_u64("data_seed");
-  sched_->set_step(static_cast<int64_t>(as_u64("scheduler_step")));
-  skipped_ = 0;  // absent from checkpoints written before the guard existed
-  for (auto& [k, v] : f.metadata)
-    if (k == "skipped_steps") skipped_ = static_cast<int64_t>(as_u64("skipped_steps"));
-  set_rng_state({as_u64("rng_seed"), as_u64("rng_offset")});
+  step_ = step;
+  o_.data_seed = data_seed;
+  sched_->set_step(scheduler_step);
+  skipped_ = skipped;
+  set_rng_state(rng);
 }
 
 }  // namespace coil::nn

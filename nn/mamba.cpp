@@ -30,8 +30,13 @@ void MambaConfig::validate() const {
   positive("hidden_size", hidden_size);
   positive("state_size", state_size);
   positive("num_hidden_layers", num_hidden_layers);
+  COIL_CHECK(num_hidden_layers <= kMaxLayers, "MambaConfig: num_hidden_layers ", num_hidden_layers,
+             " is more than ", kMaxLayers);
   positive("expand", expand);
   positive("conv_kernel", conv_kernel);
+  int64_t d_inner = 0;  // shapes multiply these sizes: the products must stay in range
+  COIL_CHECK(!__builtin_mul_overflow(expand, hidden_size, &d_inner), "MambaConfig: expand ", expand,
+             " x hidden_size ", hidden_size, " is out of range");
   COIL_CHECK(selective || !is_mamba2(),
              "MambaConfig: the non-selective ablation (selective = "
              "false) is a Mamba-1 variant; model_type is \"mamba2\"");
@@ -43,8 +48,14 @@ void MambaConfig::validate() const {
   positive("head_dim", head_dim);
   positive("n_groups", n_groups);
   positive("chunk_size", chunk_size);
-  COIL_CHECK(num_heads * head_dim == intermediate_size(), "MambaConfig: num_heads ", num_heads,
-             " x head_dim ", head_dim, " must equal expand x hidden_size = ", intermediate_size());
+  int64_t heads_inner = 0, conv = 0;
+  COIL_CHECK(!__builtin_mul_overflow(num_heads, head_dim, &heads_inner) && heads_inner == d_inner,
+             "MambaConfig: num_heads ", num_heads, " x head_dim ", head_dim,
+             " must equal expand x hidden_size = ", d_inner);
+  COIL_CHECK(!__builtin_mul_overflow(n_groups, state_size, &conv) &&
+                 !__builtin_mul_overflow(conv, 2, &conv) &&
+                 !__builtin_add_overflow(conv, d_inner, &conv),
+             "MambaConfig: n_groups ", n_groups, " x state_size ", state_size, " is out of range");
   COIL_CHECK(num_heads % n_groups == 0, "MambaConfig: n_groups ", n_groups,
              " must divide num_heads ", num_heads);
   COIL_CHECK(time_step_limit_min == 0.0 && std::isinf(time_step_limit_max),

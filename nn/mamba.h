@@ -55,7 +55,9 @@ struct MambaConfig {
 
   bool is_mamba2() const { return model_type == "mamba2"; }
   int64_t intermediate_size() const { return expand * hidden_size; }
-  int64_t dt_rank() const { return time_step_rank > 0 ? time_step_rank : (hidden_size + 15) / 16; }
+  int64_t dt_rank() const {  // ceil(hidden_size / 16), without overflow near the int64 limit
+    return time_step_rank > 0 ? time_step_rank : hidden_size / 16 + (hidden_size % 16 != 0);
+  }
   int64_t conv_dim() const {
     return is_mamba2() ? intermediate_size() + 2 * n_groups * state_size : intermediate_size();
   }
@@ -63,6 +65,8 @@ struct MambaConfig {
   MambaConfig padded() const;
   // Throws coil::Error naming the first inconsistent field.
   void validate() const;
+  // Layers are built one by one: a config.json asking for more is an error, not a hang.
+  static constexpr int64_t kMaxLayers = 1 << 16;
 
   // config.json as Hugging Face writes it (extra fields are ignored when reading).
   static MambaConfig from_json(const std::string& text, const std::string& what = "config.json");

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages coil needs (as root), or prints the exact apt-get line to run.
+# `setup.sh fuzz` adds what the libFuzzer build needs (scripts/fuzz.sh).
 set -euo pipefail
 # fortunes: the demo's default text corpus (plain English, /usr/share/games/fortunes).
 packages=(g++ make cmake ninja-build ccache libopenblas-openmp-dev doctest-dev openmpi-bin libopenmpi-dev
   fortunes)
+# clang's libFuzzer (libclang_rt.fuzzer) and its OpenMP runtime; llvm-14: llvm-symbolizer for
+# readable sanitizer reports.
+[ "${1:-}" = fuzz ] && packages+=(clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

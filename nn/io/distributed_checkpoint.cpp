@@ -181,8 +181,16 @@ void load_distributed(const std::string& dir, const NamedTensors& state) {
       continue;
     }
     int64_t filled = 0;
+    std::vector<std::pair<Shape, Shape>> used;  // (lo, n) of the pieces copied so far
     for (const json::Value& p : (*e)["pieces"].items()) {
       const Shape off = shape_of(p["offsets"]), sz = shape_of(p["sizes"]);
+      // A piece must lie inside the global tensor: the overlap arithmetic below relies on it.
+      bool inside = off.size() == global.size() && sz.size() == global.size();
+      for (size_t d = 0; inside && d < global.size(); ++d)
+        inside = off[d] >= 0 && sz[d] >= 0 && sz[d] <= global[d] - off[d];
+      COIL_CHECK(inside, "load_distributed: a piece of '", name, "' in ", meta_path,
+                 " with offsets ", shape_str(off), " and sizes ", shape_str(sz),
+                 " does not lie inside its shape ", shape_str(global));
       // the overlap of the piece and the target region, per dim
       Shape lo(off.size()), n(off.size());
       bool empty = false;
@@ -193,6 +201,15 @@ void load_distributed(const std::string& dir, const NamedTensors& state) {
         empty = empty || n[d] <= 0;
       }
       if (empty) continue;
+      // Overlapping pieces would count elements twice and could leave others unfilled.
+      for (const auto& [lo2, n2] : used) {
+        bool overlap = true;
+        for (size_t d = 0; d < lo.size(); ++d)
+          overlap = overlap && lo[d] < lo2[d] + n2[d] && lo2[d] < lo[d] + n[d];
+        COIL_CHECK(!overlap, "load_distributed: pieces of '", name, "' in ", meta_path,
+                   " overlap at offsets ", shape_str(lo));
+      }
+      used.emplace_back(lo, n);
       const std::string file = p["file"].as_string();
       COIL_CHECK(file.find('/') == std::string::npos, "load_distributed: piece file '", file,
                  "' must stay inside ", dir);

@@ -48,7 +48,14 @@ HybridConfig HybridConfig::from_json(const std::string& text, const std::string&
   if (dh && dh->is_string()) {
     COIL_CHECK(dh->as_string() == "auto", "HybridConfig: ", what, ": mamba_d_head '",
                dh->as_string(), "' is neither a number nor \"auto\"");
-    c.mamba_d_head = j.get<int64_t>("mamba_expand", 2) * c.hidden_size / c.mamba_n_heads;
+    const int64_t expand = j.get<int64_t>("mamba_expand", 2);
+    int64_t inner = 0;
+    COIL_CHECK(expand > 0 && c.hidden_size > 0 && c.mamba_n_heads > 0 &&
+                   !__builtin_mul_overflow(expand, c.hidden_size, &inner),
+               "HybridConfig: ", what, ": mamba_d_head \"auto\" needs positive mamba_expand ",
+               expand, ", hidden_size ", c.hidden_size, " and mamba_n_heads ", c.mamba_n_heads,
+               " (and their product in range)");
+    c.mamba_d_head = inner / c.mamba_n_heads;
   } else if (dh) {
     c.mamba_d_head = dh->as_int();
   }

@@ -122,11 +122,13 @@ Entry parse_entry(const std::string& path, const std::string& name, const json::
   if (!dtype_from_name(dt->as_string(), &e.dtype))
     bad("dtype ", dt->as_string(), " is not supported (coil reads ", kSupported, ")");
   uint64_t numel = 1;
-  bool overflow = false;
+  int64_t span = 1;  // the product of the sizes with zeros as ones: the strides must fit int64
+  bool overflow = false, span_overflow = false;
   for (const json::Value& d : shape->items()) {
     int64_t n = header_int(path, name, "shape", d);
     e.shape.push_back(n);
     overflow = overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(n), &numel);
+    span_overflow = span_overflow || __builtin_mul_overflow(span, std::max<int64_t>(n, 1), &span);
   }
   e.begin = static_cast<uint64_t>(header_int(path, name, "data_offsets", (*offs)[0]));
   e.end = static_cast<uint64_t>(header_int(path, name, "data_offsets", (*offs)[1]));
@@ -140,6 +142,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const json::
     bad("shape ", shape_str(e.shape), " of ", dt->as_string(), " needs ",
         overflow ? std::string("more than 2^64") : std::to_string(nbytes),
         " bytes but data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin);
+  // (no elements, but a size of 0 next to sizes whose product is past int64)
+  if (span_overflow) bad("shape ", shape_str(e.shape), " is too large for int64 strides");
   return e;
 }
 
@@ -297,12 +301,15 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
   const unsigned char* data = base + 8 + n;
   // A file coil wrote carries a checksum per tensor: a flipped bit is an error, not a weight.
+  // (by name through a map: a header of many tensors must not take quadratic time)
+  std::unordered_map<std::string_view, const Entry*> by_name;
+  for (const Entry& e : entries) by_name.emplace(e.name, &e);
   for (const auto& [name, want] : checksums) {
-    auto it = std::find_if(entries.begin(), entries.end(),
-                           [&](const Entry& e) { return e.name == name; });
-    COIL_CHECK(it != entries.end(), "load_safetensors: '", path, "': a checksum names tensor '",
+    auto it = by_name.find(name);
+    COIL_CHECK(it != by_name.end(), "load_safetensors: '", path, "': a checksum names tensor '",
                name, "', which the file lacks");
-    const std::string got = hex32(crc32c(data + it->begin, it->end - it->begin));
+    const Entry& e = *it->second;
+    const std::string got = hex32(crc32c(data + e.begin, e.end - e.begin));
     COIL_CHECK(got == want, "load_safetensors: '", path, "': tensor '", name,
                "' does not match its checksum (crc32c ", got, ", stored ", want,
                "): the file is corrupted");

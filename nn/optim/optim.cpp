@@ -94,14 +94,17 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     ++used;
     return t.item_double();
   };
-  const int64_t step = static_cast<int64_t>(scalar("step", true));
-  COIL_CHECK(step >= 0, who, ".load_state_dict: negative step ", step);
+  // Range checks before the casts: a double past the int64 range does not convert.
+  const double step_value = scalar("step", true);
+  COIL_CHECK(step_value >= 0 && step_value < 0x1p63, who, ".load_state_dict: step ", step_value,
+             " is out of range");
+  const int64_t step = static_cast<int64_t>(step_value);
   std::vector<double> lrs, wds;
   for (size_t g = 0; g < groups_.size(); ++g) {
     lrs.push_back(scalar(group_key(g, "lr"), false));
     wds.push_back(scalar(group_key(g, "weight_decay"), false));
-    const auto n = static_cast<int64_t>(scalar(group_key(g, "num_params"), true));
-    COIL_CHECK(n == static_cast<int64_t>(groups_[g].params.size()), who, ".load_state_dict: group ",
+    const double n = scalar(group_key(g, "num_params"), true);
+    COIL_CHECK(n == static_cast<double>(groups_[g].params.size()), who, ".load_state_dict: group ",
                g, " has ", groups_[g].params.size(), " parameters but the state dict has ", n);
   }
   const std::vector<std::string> bufs = buffer_names();

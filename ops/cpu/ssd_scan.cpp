@@ -203,10 +203,19 @@ struct Butterfly {
       const int count = W >> lv;
 #pragma GCC unroll 16
       for (int i = 0; i < count / 2; ++i)
-        v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo[lv]) +
-               __builtin_shuffle(v[2 * i], v[2 * i + 1], hi[lv]);
+        v[i] = shuffle(v[2 * i], v[2 * i + 1], lo[lv]) + shuffle(v[2 * i], v[2 * i + 1], hi[lv]);
     }
     return v[0];
+  }
+  // GCC's two-vector shuffle by a run-time mask; clang (the fuzz build) has none: a lane loop.
+  static Vec shuffle(Vec a, Vec b, Mask m) {
+#if defined(__clang__)
+    Vec r;
+    for (int l = 0; l < W; ++l) r[l] = m[l] < W ? a[m[l]] : b[m[l] - W];
+    return r;
+#else
+    return __builtin_shuffle(a, b, m);
+#endif
   }
   static const Butterfly& get() {
     static const Butterfly b;

@@ -89,6 +89,40 @@ TEST_SUITE("dist") {
   }
 }
 
+TEST_SUITE("dist") {
+  // Found by fuzz/fuzz_dcp: a piece with fewer offsets than its tensor has dims was read past them.
+  TEST_CASE("distributed checkpoint: pieces outside their tensor or overlapping are errors") {
+    if (dist::world_size() != 1) return;  // one rank rewrites the metadata
+    const std::string dir = shared_dir("pieces");
+    io::save_distributed(dir, {{"a", values({6, 5}, 1, kF32)}});
+    const std::string meta = io::read_file(dir + "/metadata.json");
+    auto piece = [](const char* offsets, const char* sizes) {
+      return std::string(R"({"file": "shard-00000.safetensors", "offsets": )") + offsets +
+             R"(, "sizes": )" + sizes + "}";
+    };
+    auto with_pieces = [&](const std::string& pieces) {
+      io::write_text_file_atomic(
+          dir + "/metadata.json",
+          R"({"format": "coil.distributed_checkpoint", "version": 1, "world_size": 1,)"
+          R"( "tensors": {"a": {"dtype": "F32", "shape": [6, 5], "pieces": [)" +
+              pieces + "]}}}");
+    };
+    io::NamedTensors t = {{"a", zeros({6, 5})}};
+    with_pieces(piece("[0, 0]", "[6]"));
+    CHECK_THROWS_WITH_AS(io::load_distributed(dir, t), doctest::Contains("does not lie inside"),
+                         Error);
+    with_pieces(piece("[1, 0]", "[6, 5]"));
+    CHECK_THROWS_WITH_AS(io::load_distributed(dir, t), doctest::Contains("does not lie inside"),
+                         Error);
+    with_pieces(piece("[0, 0]", "[6, 5]") + ", " + piece("[0, 0]", "[6, 5]"));
+    CHECK_THROWS_WITH_AS(io::load_distributed(dir, t), doctest::Contains("overlap"), Error);
+    io::write_text_file_atomic(dir + "/metadata.json", meta);
+    io::load_distributed(dir, t);
+    CHECK(same(t[0].second, values({6, 5}, 1, kF32)));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST_SUITE("dist.dcp") {
   TEST_CASE("save") {
     const char* dir = std::getenv("COIL_DCP_DIR");

@@ -450,6 +450,11 @@ TEST_SUITE("nn.io") {
     bad(st_bytes(one(R"({"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,8]})"),
                  f32x2),
         {"tensor 'w'", "more than 2^64"});
+    // Found by fuzz/fuzz_safetensors: no elements, but strides past int64 (2^40 * 2^40).
+    bad(st_bytes(one(R"({"dtype":"F32","shape":[0,1099511627776,1099511627776],)"
+                     R"("data_offsets":[0,0]})"),
+                 ""),
+        {"tensor 'w'", "too large"});
     bad(st_bytes(one(R"({"dtype":"F32","shape":[2],"data_offsets":[8,16]})"), f32x2),
         {"tensor 'w'", "[8, 16]", "past the data region of 8 bytes"});
     bad(st_bytes(one(R"({"dtype":"F32","shape":[0],"data_offsets":[8,0]})"), f32x2),

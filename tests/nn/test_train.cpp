@@ -1,6 +1,7 @@
 // Hugging Face directories (config.json + safetensors), the byte corpus, and training
 // checkpoints that resume bit-identically.
 #include <fstream>
+#include <limits>
 
 #include "../test_util.h"
 
@@ -141,6 +142,32 @@ TEST_SUITE("nn.train") {
     CHECK(text.find(vw, c.train_size()) != std::string::npos);
     ct::check_error([&] { nn::ByteCorpus::open(dir.file("missing.txt")); }, {"missing.txt"});
     ct::check_error([&] { c.batch(true, 1, 100000, 0, 0); }, {"validation", "too few"});
+    // Found by fuzz/fuzz_byte_corpus: a huge index (a checkpoint's step) overflowed index * batch.
+    const int64_t huge = std::numeric_limits<int64_t>::max();
+    CHECK(to_vector<int64_t>(c.batch(false, 3, 10, 7, huge)) ==
+          to_vector<int64_t>(c.batch(false, 3, 10, 7, huge)));
+    ct::check_error([&] { c.batch(false, 1, 10, 0, -1); }, {"index -1"});
+  }
+
+  TEST_CASE("config.json: absurd sizes are errors, not overflows or hangs (found by fuzz_config)") {
+    MambaConfig m = small(true);
+    m.num_heads = int64_t(1) << 62;
+    m.head_dim = 4;
+    ct::check_error([&] { MambaConfig::from_json(m.to_json()); }, {"num_heads", "head_dim"});
+    m = small(false);
+    m.expand = int64_t(1) << 62;
+    ct::check_error([&] { MambaConfig::from_json(m.to_json()); }, {"expand", "out of range"});
+    ct::check_error(
+        [] {
+          nn::HybridConfig::from_json(R"({"hidden_size": 32, "mamba_n_heads": 0,)"
+                                      R"( "mamba_d_head": "auto"})");
+        },
+        {"mamba_d_head", "mamba_n_heads 0"});
+    ct::check_error([] { nn::HybridConfig::from_json(R"({"mamba_d_head": 0})"); },
+                    {"mamba_d_head must be positive"});
+    // A 33-byte config.json whose layers (written back one by one) hung to_json.
+    ct::check_error([] { nn::HybridConfig::from_json(R"({"num_hidden_layers": 100000000})"); },
+                    {"num_hidden_layers 100000000", "more than"});
   }
 
   TEST_CASE("training lowers the loss; resuming a checkpoint is bit-identical") {
@@ -247,5 +274,16 @@ TEST_SUITE("nn.train") {
     std::ofstream(dir.file("cut.safetensors"), std::ios::binary)
         << bytes.substr(0, bytes.size() / 2);
     ct::check_error([&] { t.load_checkpoint(dir.file("cut.safetensors")); }, {"cut.safetensors"});
+    // Steps past 2^53 or with a sign (stoull reads "-1" as 2^64 - 1) are errors, and
+    // a failed load changes nothing.
+    io::SafetensorsFile ok = io::load_safetensors(dir.file("ok.safetensors"));
+    for (const char* step : {"18446744073709551615", "9223372036854775807", "-1", " 1"}) {
+      io::Metadata meta = ok.metadata;
+      for (auto& [k, v] : meta)
+        if (k == "step") v = step;
+      io::save_safetensors(dir.file("step.safetensors"), ok.tensors, meta);
+      ct::check_error([&] { t.load_checkpoint(dir.file("step.safetensors")); }, {"step"});
+      CHECK(t.step() == 1);
+    }
   }
 }
