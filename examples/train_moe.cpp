@@ -9,11 +9,20 @@
 // route their own tokens); dense gradients are averaged over the world, each expert's gradient
 // gathers every token routed to it (nn::DataParallel with shard_replicas), so the run computes
 // what one process computes on the whole batch. Rank 0 prints.
+//
+// Every rank saves its own checkpoint (its experts are its own) into the run folder --out RUN
+// every --save-every steps and at the end: RUN/checkpoint.rank<r>.safetensors, with
+// train_options.json and metrics.csv. Ctrl-C (SIGINT) or SIGTERM saves and exits (code 128 +
+// signal); --resume RUN continues with the same world size and --ep.
 #include <coil/coil.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
+
+#include "text_util.h"
 
 using namespace coil;
 
@@ -22,9 +31,44 @@ namespace {
 struct Args {
   std::string data = "/usr/share/games/fortunes";
   int64_t steps = 200, batch = 8, seq_len = 128, layers = 2, d_model = 128, experts = 8, ep = 1;
+  int64_t save_every = 50;
   double lr = 3e-3;
   int threads = 0;
+  std::string out = "runs/moe", resume;
 };
+
+// The options that define a run, kept in its folder for --resume.
+std::string options_json(const Args& a) {
+  json::Value j = json::Value::object();
+  j.set("data", a.data);
+  for (auto [k, v] : {std::pair<const char*, int64_t>{"steps", a.steps},
+                      {"batch", a.batch},
+                      {"seq_len", a.seq_len},
+                      {"layers", a.layers},
+                      {"d_model", a.d_model},
+                      {"experts", a.experts},
+                      {"ep", a.ep},
+                      {"world_size", dist::world_size()}})
+    j.set(k, v);
+  j.set("lr", a.lr);
+  return j.dump(2) + "\n";
+}
+
+void read_options(Args& a) {
+  const json::Value j = json::parse_file(a.resume + "/train_options.json");
+  a.data = j.get<std::string>("data", a.data);
+  a.steps = j.get<int64_t>("steps", a.steps);
+  a.batch = j.get<int64_t>("batch", a.batch);
+  a.seq_len = j.get<int64_t>("seq_len", a.seq_len);
+  a.layers = j.get<int64_t>("layers", a.layers);
+  a.d_model = j.get<int64_t>("d_model", a.d_model);
+  a.experts = j.get<int64_t>("experts", a.experts);
+  a.ep = j.get<int64_t>("ep", a.ep);
+  a.lr = j.get<double>("lr", a.lr);
+  const int64_t world = j.get<int64_t>("world_size", 1);
+  COIL_CHECK(world == dist::world_size(), "train_moe: ", a.resume, " was trained on ", world,
+             " ranks; resume it on as many (this job has ", dist::world_size(), ")");
+}
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -33,7 +77,8 @@ Args parse(int argc, char** argv) {
     if (k == "--help") {
       std::printf(
           "usage: train_moe [--data PATH] [--steps N] [--batch N] [--seq-len N] [--layers N]\n"
-          "                 [--d-model N] [--experts N] [--ep N] [--lr X] [--threads N]\n");
+          "                 [--d-model N] [--experts N] [--ep N] [--lr X] [--threads N]\n"
+          "                 [--out RUN] [--save-every N] [--resume RUN]\n");
       std::exit(0);
     }
     COIL_CHECK(i + 1 < argc, "train_moe: ", k, " needs a value");
@@ -58,6 +103,12 @@ Args parse(int argc, char** argv) {
       a.lr = std::stod(v);
     else if (k == "--threads")
       a.threads = std::stoi(v);
+    else if (k == "--out")
+      a.out = v;
+    else if (k == "--resume")
+      a.resume = v;
+    else if (k == "--save-every")
+      a.save_every = std::stoll(v);
     else
       fail("train_moe: unknown option '", k, "' (see --help)");
   }
@@ -67,9 +118,13 @@ Args parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const Args a = parse(argc, argv);
+  Args a = parse(argc, argv);
   if (a.threads > 0) set_num_threads(a.threads);
   dist::init();
+  if (!a.resume.empty()) {
+    read_options(a);
+    a.out = a.resume;
+  }
   const int64_t world = dist::world_size(), rank = dist::rank();
   COIL_CHECK(a.ep >= 1 && world % a.ep == 0, "train_moe: --ep ", a.ep,
              " must divide the world size ", world);
@@ -118,9 +173,37 @@ int main(int argc, char** argv) try {
         static_cast<long long>(world), static_cast<long long>(a.ep));
 
   const int64_t rows = a.batch / world, L = a.seq_len;
+  const std::string csv = a.out + "/metrics.csv";
+  std::vector<demo::MetricRow> metrics;
+  int64_t start = 0;
+  if (!a.resume.empty()) {
+    start = nn::load_train_state(nn::train_state_path(a.out), *lm, opt);
+    Tensor lo = full({1}, static_cast<double>(start), Options(kF64)), hi = lo.clone();
+    if (world > 1) {  // every rank's file must be from the same step
+      dist::all_reduce(lo, dist::ReduceOp::kMin);
+      dist::all_reduce(hi, dist::ReduceOp::kMax);
+    }
+    COIL_CHECK(lo.item<double>() == hi.item<double>(), "train_moe: the ranks' checkpoints in ",
+               a.out, " are from different steps (", lo.item<double>(), " to ", hi.item<double>(),
+               "): a save was interrupted between ranks");
+    sched.set_step(start);
+    metrics = demo::read_metrics(csv);
+    while (!metrics.empty() && metrics.back().step > start) metrics.pop_back();
+    if (rank == 0) std::printf("resumed %s at step %lld\n", a.out.c_str(), (long long)start);
+  } else if (rank == 0) {
+    std::filesystem::create_directories(a.out);
+    io::write_text_file_atomic(a.out + "/train_options.json", options_json(a));
+  }
+  dist::barrier();
+  auto save = [&](int64_t step) {
+    nn::save_train_state(nn::train_state_path(a.out), *lm, opt, step);
+    dist::barrier();  // every rank's file is written before rank 0 records the step
+    if (rank == 0) demo::write_metrics(csv, metrics);
+  };
+  nn::install_stop_handler();
   auto t0 = std::chrono::steady_clock::now();
   double smoothed = 0;
-  for (int64_t s = 0; s < a.steps; ++s) {
+  for (int64_t s = start; s < a.steps; ++s) {
     Tensor w = data.batch(false, a.batch, L, 7, s).narrow(0, rank * rows, rows);
     Tensor logits = lm->forward(w.narrow(1, 0, L));
     Tensor ce =
@@ -134,14 +217,24 @@ int main(int argc, char** argv) try {
     sched.step();
     Tensor v = full({1}, ce.item<double>(), Options(kF64));
     if (world > 1) dist::all_reduce(v, dist::ReduceOp::kAvg);
-    smoothed = s == 0 ? v.item<double>() : 0.9 * smoothed + 0.1 * v.item<double>();
-    if (rank == 0 && ((s + 1) % 20 == 0 || s + 1 == a.steps)) {
-      const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    smoothed = s == start ? v.item<double>() : 0.9 * smoothed + 0.1 * v.item<double>();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double tok_s = (s + 1 - start) * a.batch * L / secs;
+    metrics.push_back({s + 1, v.item<double>() / 0.6931471805599453, NAN, opt.lr(), tok_s});
+    if (rank == 0 && ((s + 1) % 20 == 0 || s + 1 == a.steps))
       std::printf("step %5lld  loss %.3f bits/byte  %.0f tokens/s\n", static_cast<long long>(s + 1),
-                  smoothed / 0.6931471805599453, (s + 1) * a.batch * L / secs);
+                  smoothed / 0.6931471805599453, tok_s);
+    if (const int sig = nn::stop_requested_by_any_rank()) {
+      save(s + 1);
+      if (rank == 0)
+        std::printf("%s at step %lld: saved %s; continue with --resume %s\n", nn::signal_name(sig),
+                    static_cast<long long>(s + 1), a.out.c_str(), a.out.c_str());
+      return 128 + sig;
     }
+    if ((s + 1) % a.save_every == 0 && s + 1 < a.steps) save(s + 1);
   }
+  save(a.steps);
   if (rank == 0) {
     const std::vector<int64_t> counts = to_vector<int64_t>(
         std::static_pointer_cast<nn::HybridBlock>(lm->model->layers->named_children()[0].second)

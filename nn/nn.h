@@ -10,6 +10,7 @@
 #include "module.h"
 #include "parallel.h"
 #include "stop_signal.h"
+#include "train_state.h"
 #include "io/distributed_checkpoint.h"
 #include "io/file.h"
 #include "io/json.h"

@@ -112,7 +112,9 @@ void Optimizer::load_state_dict(const StateDict& sd) {
   for (size_t g = 0; g < groups_.size(); ++g) {
     found[g].resize(groups_[g].params.size());
     for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-      const Tensor& p = groups_[g].params[i];
+      // a DTensor parameter's state is its local piece (AdamW::step)
+      const Tensor p = dist::is_dtensor(groups_[g].params[i]) ? dist::to_local(groups_[g].params[i])
+                                                              : groups_[g].params[i];
       for (const std::string& b : bufs) {
         const std::string k = state_key(g, i, b);
         auto it = byname.find(k);
@@ -149,7 +151,8 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     groups_[g].lr = lrs[g];
     groups_[g].weight_decay = wds[g];
     for (size_t i = 0; i < groups_[g].params.size(); ++i) {
-      const Tensor& p = groups_[g].params[i];
+      const Tensor p = dist::is_dtensor(groups_[g].params[i]) ? dist::to_local(groups_[g].params[i])
+                                                              : groups_[g].params[i];
       for (size_t b = 0; b < bufs.size(); ++b) {
         const Tensor* src = found[g][i][b];
         Tensor& dst = buffer(b, g, i);

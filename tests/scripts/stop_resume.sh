@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# train_lm stopped by SIGTERM, resumed, stopped by SIGINT, resumed to the end: each stop saves a
-# checkpoint and exits with 128 + the signal, and the stitched run's metrics (step, train loss,
-# lr) equal those of a run that was never stopped. Usage: stop_resume.sh TRAIN_LM
+# A training example (train_lm, train_moe) stopped by SIGTERM, resumed, stopped by SIGINT,
+# resumed to the end: each stop saves a checkpoint and exits with 128 + the signal, and the
+# stitched run's metrics (step, train loss, lr) equal those of a run that was never stopped.
+# Usage: stop_resume.sh PROGRAM ARGS... (the run's options; --data and --out are added here, and
+# the program must write RUN/metrics.csv at least every few steps)
 set -euo pipefail
 train_lm=$1
+shift
 dir=$(mktemp -d /tmp/coil-stop-XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 for i in $(seq 4000); do printf 'the cat sat on a mat. A dog ran.\n'; done > "$dir/corpus.txt"
-args=(--data "$dir/corpus.txt" --layers 1 --d-model 32 --batch 2 --seq-len 32 --steps 300
-      --eval-every 10 --threads 1 --max-minutes 10)
+args=(--data "$dir/corpus.txt" "$@")
 
 "$train_lm" "${args[@]}" --out "$dir/a" > "$dir/a.log"
 
@@ -37,4 +39,4 @@ stop_after "$(rows "$dir/b/metrics.csv")" INT 130 --resume "$dir/b"
 cut -d, -f1,2,4 "$dir/a/metrics.csv" > "$dir/a.cols"
 cut -d, -f1,2,4 "$dir/b/metrics.csv" > "$dir/b.cols"
 diff "$dir/a.cols" "$dir/b.cols" > /dev/null || { diff "$dir/a.cols" "$dir/b.cols" | head; exit 1; }
-echo "stop_resume: stopped twice, resumed, $(($(rows "$dir/b/metrics.csv") - 1)) steps equal to the uninterrupted run"
+echo "stop_resume: $(basename "$train_lm") stopped twice, resumed, $(($(rows "$dir/b/metrics.csv") - 1)) steps equal to the uninterrupted run"
