@@ -18,6 +18,7 @@
 #include "../dist/dtensor.h"
 #include "data_parallel.h"
 #include "io/file.h"
+#include "train_state.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -195,9 +196,7 @@ double LMTrainer::evaluate(int64_t batches) const {
 
 void LMTrainer::save_checkpoint(const std::string& path) const {
   if (dp_ && dist::rank() != 0) return;  // the replicas are identical: rank 0 writes
-  io::NamedTensors tensors;
-  for (auto& [name, t] : model_->state_dict_untied()) tensors.emplace_back("model." + name, t);
-  for (auto& [name, t] : opt_->state_dict()) tensors.emplace_back("optim." + name, t);
+  const io::NamedTensors tensors = checkpoint_tensors(*model_, *opt_);
   RngState rng = get_rng_state();
   io::Metadata meta = {{"format", "coil.lm_checkpoint"},
                        {"format_version", std::to_string(kCheckpointVersion)},
@@ -255,14 +254,7 @@ void LMTrainer::load_checkpoint(const std::string& path) {
     if (k == "skipped_steps") skipped = as_step("skipped_steps");
   NamedTensors model_state;
   optim::StateDict optim_state;
-  for (auto& [name, t] : f.tensors) {
-    if (name.rfind("model.", 0) == 0)
-      model_state.emplace_back(name.substr(6), t);
-    else if (name.rfind("optim.", 0) == 0)
-      optim_state.emplace_back(name.substr(6), t);
-    else
-      fail("LMTrainer::load_checkpoint: '", path, "': unexpected tensor '", name, "'");
-  }
+  split_checkpoint_tensors(f, "LMTrainer::load_checkpoint", path, model_state, optim_state);
   try {
     model_->load_state_dict(model_state, /*strict=*/true);
     opt_->load_state_dict(optim_state);

@@ -33,15 +33,33 @@ NamedTensors local_state(const Module& m) {
 }
 }  // namespace
 
+io::NamedTensors checkpoint_tensors(const Module& model, const optim::Optimizer& opt) {
+  io::NamedTensors tensors;
+  for (auto& [name, t] : local_state(model)) tensors.emplace_back("model." + name, t);
+  for (auto& [name, t] : opt.state_dict()) tensors.emplace_back("optim." + name, t);
+  return tensors;
+}
+
+void split_checkpoint_tensors(const io::SafetensorsFile& f, const std::string& who,
+                              const std::string& path, NamedTensors& model,
+                              optim::StateDict& optim) {
+  for (auto& [name, t] : f.tensors) {
+    if (name.rfind("model.", 0) == 0)
+      model.emplace_back(name.substr(6), t);
+    else if (name.rfind("optim.", 0) == 0)
+      optim.emplace_back(name.substr(6), t);
+    else
+      fail(who, ": '", path, "': unexpected tensor '", name, "'");
+  }
+}
+
 std::string train_state_path(const std::string& dir) {
   return dir + "/checkpoint.rank" + std::to_string(dist::rank()) + ".safetensors";
 }
 
 void save_train_state(const std::string& path, const Module& model, const optim::Optimizer& opt,
                       int64_t step, const io::Metadata& extra) {
-  io::NamedTensors tensors;
-  for (auto& [name, t] : local_state(model)) tensors.emplace_back("model." + name, t);
-  for (auto& [name, t] : opt.state_dict()) tensors.emplace_back("optim." + name, t);
+  const io::NamedTensors tensors = checkpoint_tensors(model, opt);
   const RngState rng = get_rng_state();
   io::Metadata meta = {{"format", kFormat},
                        {"step", std::to_string(step)},
@@ -70,14 +88,7 @@ int64_t load_train_state(const std::string& path, Module& model, optim::Optimize
                      meta_u64(f.metadata, "rng_offset", path)};
   NamedTensors model_state;
   optim::StateDict optim_state;
-  for (auto& [name, t] : f.tensors) {
-    if (name.rfind("model.", 0) == 0)
-      model_state.emplace_back(name.substr(6), t);
-    else if (name.rfind("optim.", 0) == 0)
-      optim_state.emplace_back(name.substr(6), t);
-    else
-      fail("load_train_state: '", path, "': unexpected tensor '", name, "'");
-  }
+  split_checkpoint_tensors(f, "load_train_state", path, model_state, optim_state);
   // The model's tensors (pieces, for DTensors) by name: every one present with its shape and
   // dtype before anything is written; then the optimizer, which checks its own; then the copies.
   const NamedTensors mine = local_state(model);

@@ -15,6 +15,13 @@
 
 namespace coil::nn {
 
+// The tensors of a training checkpoint: "model.<name>" (a DTensor as this rank's piece), then
+// "optim.<name>"; and back (another name is a coil::Error naming `who` and the file).
+io::NamedTensors checkpoint_tensors(const Module& model, const optim::Optimizer& opt);
+void split_checkpoint_tensors(const io::SafetensorsFile& f, const std::string& who,
+                              const std::string& path, NamedTensors& model,
+                              optim::StateDict& optim);
+
 // dir + "/checkpoint.rank<r>.safetensors" for this process's rank in the world.
 std::string train_state_path(const std::string& dir);
 void save_train_state(const std::string& path, const Module& model, const optim::Optimizer& opt,
