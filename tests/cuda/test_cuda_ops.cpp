@@ -518,6 +518,27 @@ TEST_SUITE("cuda") {
     check_same(fg, fc, "final state without grad", 2e-5);
   }
 
+  TEST_CASE("a memory cap on the GPU: an allocation past it is an error that loses nothing") {
+    struct Uncap {
+      ~Uncap() { set_memory_cap(kGpu, 0); }
+    } uncap;
+    empty_cache(kGpu);
+    const AllocatorStats before = memory_stats(kGpu);
+    set_memory_cap(kGpu, before.bytes_in_use + (64 << 20));
+    CHECK(memory_cap(kGpu) == before.bytes_in_use + (64 << 20));
+    Tensor a = empty({8 << 20}, Options(kF32, kGpu));  // 32 MiB: under the cap
+    ct::check_error([] { (void)empty({12 << 20}, Options(kF32, kGpu)); },
+                    {"50331648 bytes on cuda:0", "memory cap"});
+    CHECK(memory_stats(kGpu).bytes_in_use == before.bytes_in_use + (32 << 20));
+    a = Tensor();
+    Tensor b = empty({12 << 20}, Options(kF32, kGpu));  // fits once a's block is given back
+    CHECK(b.numel() == (12 << 20));
+    set_memory_cap(kGpu, 0);
+    // More than the device has: cudaMalloc's failure is a coil::Error, not an abort.
+    ct::check_error([] { (void)empty({int64_t(1) << 40}, Options(kF32, kGpu)); },
+                    {"out of memory", "cuda:0"});
+  }
+
   TEST_CASE("bf16 and f16 GEMMs on the tensor cores, TF32 when allowed") {
     manual_seed(16);
     Tensor a = ct::rnd({3, 70, 130}), b = ct::rnd({130, 90});
