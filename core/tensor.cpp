@@ -1,6 +1,7 @@
 #include "tensor.h"
 
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "allocator.h"
@@ -16,9 +17,18 @@ StorageImpl::~StorageImpl() {
   if (owned && data) get_allocator(device.type)->deallocate(data, nbytes);
 }
 
+// Products that pass int64 saturate at its largest value instead of wrapping (undefined, and a
+// wrapped size could pass for a small one); empty_strided then refuses such a shape.
+static int64_t saturating_mul(int64_t a, int64_t b) {
+  int64_t r = 0;
+  return __builtin_mul_overflow(a, b, &r) ? std::numeric_limits<int64_t>::max() : r;
+}
+
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t v : s) n *= v;
+  for (int64_t v : s)
+    if (v == 0) return 0;
+  for (int64_t v : s) n = saturating_mul(n, v);
   return n;
 }
 
@@ -27,7 +37,7 @@ Shape contiguous_strides(const Shape& sizes) {
   int64_t acc = 1;
   for (int64_t i = static_cast<int64_t>(sizes.size()) - 1; i >= 0; --i) {
     st[i] = acc;
-    acc *= std::max<int64_t>(sizes[i], 1);
+    acc = saturating_mul(acc, std::max<int64_t>(sizes[i], 1));
   }
   return st;
 }
