@@ -136,11 +136,7 @@ namespace {
 void run_backward(const TensorList& roots, const TensorList& root_grads, bool retain_graph) {
   // Backward formulas run in the dtypes the forward recorded: autocast stays off in them even
   // when backward() is called inside an AutocastGuard.
-  struct AutocastOff {
-    AutocastState prev = autocast_state();
-    AutocastOff() { set_autocast_state({false, prev.dtype}); }
-    ~AutocastOff() { set_autocast_state(prev); }
-  } autocast_off;
+  AutocastGuard autocast_off(autocast_state().dtype, /*enabled=*/false);
   std::vector<std::pair<Edge, Tensor>> starts;
   for (size_t i = 0; i < roots.size(); ++i) {
     const Tensor& r = roots[i];

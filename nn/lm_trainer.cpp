@@ -213,45 +213,18 @@ void LMTrainer::save_checkpoint(const std::string& path) const {
 
 void LMTrainer::load_checkpoint(const std::string& path) {
   io::SafetensorsFile f = io::load_safetensors(path);
-  auto meta = [&](const std::string& key) -> std::string {
-    for (auto& [k, v] : f.metadata)
-      if (k == key) return v;
-    fail("LMTrainer::load_checkpoint: '", path, "' has no '", key, "' in its metadata");
-  };
-  auto as_u64 = [&](const std::string& key) {
-    const std::string s = meta(key);
-    // digits only: stoull would also take spaces and a sign ("-1" reads as 2^64 - 1)
-    bool digits = !s.empty();
-    for (char ch : s) digits = digits && ch >= '0' && ch <= '9';
-    try {
-      size_t used = 0;
-      unsigned long long v = std::stoull(s, &used);
-      COIL_CHECK(digits && used == s.size(), "trailing characters");
-      return static_cast<uint64_t>(v);
-    } catch (const std::exception&) {
-      fail("LMTrainer::load_checkpoint: '", path, "': ", key, " is not a number: '", s, "'");
-    }
-  };
-  // A step: at most 2^53, exact as a double (the schedule computes with it), and far from the
-  // int64 limit that the next steps would overflow.
-  auto as_step = [&](const std::string& key) {
-    const uint64_t v = as_u64(key);
-    COIL_CHECK(v <= (uint64_t(1) << 53), "LMTrainer::load_checkpoint: '", path, "': ", key, " ", v,
-               " is out of range (at most 2^53)");
-    return static_cast<int64_t>(v);
-  };
-  COIL_CHECK(meta("format") == "coil.lm_checkpoint", "LMTrainer::load_checkpoint: '", path,
-             "' is not a coil training checkpoint (format '", meta("format"), "')");
-  const uint64_t version = as_u64("format_version");
+  const CheckpointMeta m{f.metadata, "LMTrainer::load_checkpoint", path};
+  COIL_CHECK(m.str("format") == "coil.lm_checkpoint", "LMTrainer::load_checkpoint: '", path,
+             "' is not a coil training checkpoint (format '", m.str("format"), "')");
+  const uint64_t version = m.u64("format_version");
   COIL_CHECK(version == kCheckpointVersion, "LMTrainer::load_checkpoint: '", path,
              "' has format_version ", version, ", this coil reads ", kCheckpointVersion);
   // Every number is read before anything changes: a bad one leaves the trainer as it was.
-  const int64_t step = as_step("step"), scheduler_step = as_step("scheduler_step");
-  const uint64_t data_seed = as_u64("data_seed");
-  const RngState rng{as_u64("rng_seed"), as_u64("rng_offset")};
-  int64_t skipped = 0;  // absent from checkpoints written before the non-finite guard existed
-  for (auto& [k, v] : f.metadata)
-    if (k == "skipped_steps") skipped = as_step("skipped_steps");
+  const int64_t step = m.step("step"), scheduler_step = m.step("scheduler_step");
+  const uint64_t data_seed = m.u64("data_seed");
+  const RngState rng{m.u64("rng_seed"), m.u64("rng_offset")};
+  // absent from checkpoints written before the non-finite guard existed
+  const int64_t skipped = m.has("skipped_steps") ? m.step("skipped_steps") : 0;
   NamedTensors model_state;
   optim::StateDict optim_state;
   split_checkpoint_tensors(f, "LMTrainer::load_checkpoint", path, model_state, optim_state);

@@ -13,16 +13,6 @@ namespace coil::nn {
 namespace {
 constexpr const char* kFormat = "coil.train_state";
 
-uint64_t meta_u64(const io::Metadata& m, const std::string& key, const std::string& path) {
-  for (const auto& [k, v] : m)
-    if (k == key) {
-      bool digits = !v.empty() && v.size() <= 19;
-      for (char c : v) digits = digits && c >= '0' && c <= '9';
-      COIL_CHECK(digits, "load_train_state: '", path, "': ", key, " is not a number: '", v, "'");
-      return std::stoull(v);
-    }
-  fail("load_train_state: '", path, "' has no '", key, "' in its metadata");
-}
 // The model's tensors as this rank holds them: a DTensor's local piece (an expert-parallel
 // layer's own experts). The optimizer's state already holds pieces.
 NamedTensors local_state(const Module& m) {
@@ -32,6 +22,33 @@ NamedTensors local_state(const Module& m) {
   return out;
 }
 }  // namespace
+
+bool CheckpointMeta::has(const std::string& key) const {
+  for (const auto& kv : meta)
+    if (kv.first == key) return true;
+  return false;
+}
+
+std::string CheckpointMeta::str(const std::string& key) const {
+  for (const auto& [k, v] : meta)
+    if (k == key) return v;
+  fail(who, ": '", path, "' has no '", key, "' in its metadata");
+}
+
+uint64_t CheckpointMeta::u64(const std::string& key) const {
+  const std::string s = str(key);
+  bool digits = !s.empty() && s.size() <= 19;  // 19 digits always fit in 64 bits
+  for (char c : s) digits = digits && c >= '0' && c <= '9';
+  COIL_CHECK(digits, who, ": '", path, "': ", key, " is not a number: '", s, "'");
+  return std::stoull(s);
+}
+
+int64_t CheckpointMeta::step(const std::string& key) const {
+  const uint64_t v = u64(key);
+  COIL_CHECK(v <= (uint64_t(1) << 53), who, ": '", path, "': ", key, " ", v,
+             " is out of range (at most 2^53)");
+  return static_cast<int64_t>(v);
+}
 
 io::NamedTensors checkpoint_tensors(const Module& model, const optim::Optimizer& opt) {
   io::NamedTensors tensors;
@@ -76,16 +93,12 @@ void save_train_state(const std::string& path, const Module& model, const optim:
 int64_t load_train_state(const std::string& path, Module& model, optim::Optimizer& opt,
                          io::Metadata* extra) {
   io::SafetensorsFile f = io::load_safetensors(path);
-  std::string format;
-  for (const auto& [k, v] : f.metadata)
-    if (k == "format") format = v;
+  const CheckpointMeta m{f.metadata, "load_train_state", path};
+  const std::string format = m.has("format") ? m.str("format") : "";
   COIL_CHECK(format == kFormat, "load_train_state: '", path,
              "' is not a coil training state (format '", format, "')");
-  const uint64_t step = meta_u64(f.metadata, "step", path);
-  COIL_CHECK(step <= (uint64_t(1) << 53), "load_train_state: '", path, "': step ", step,
-             " is out of range");
-  const RngState rng{meta_u64(f.metadata, "rng_seed", path),
-                     meta_u64(f.metadata, "rng_offset", path)};
+  const int64_t step = m.step("step");
+  const RngState rng{m.u64("rng_seed"), m.u64("rng_offset")};
   NamedTensors model_state;
   optim::StateDict optim_state;
   split_checkpoint_tensors(f, "load_train_state", path, model_state, optim_state);
@@ -114,7 +127,7 @@ int64_t load_train_state(const std::string& path, Module& model, optim::Optimize
   }
   set_rng_state(rng);
   if (extra) *extra = f.metadata;
-  return static_cast<int64_t>(step);
+  return step;
 }
 
 }  // namespace coil::nn

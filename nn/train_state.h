@@ -22,6 +22,18 @@ void split_checkpoint_tensors(const io::SafetensorsFile& f, const std::string& w
                               const std::string& path, NamedTensors& model,
                               optim::StateDict& optim);
 
+// A checkpoint's metadata entries; errors name `who` and the file. An unsigned number is decimal
+// digits only (stoull alone would read "-1" as 2^64 - 1); a step is at most 2^53 (exact as a
+// double, far from int64's end).
+struct CheckpointMeta {
+  const io::Metadata& meta;
+  std::string who, path;
+  bool has(const std::string& key) const;
+  std::string str(const std::string& key) const;
+  uint64_t u64(const std::string& key) const;
+  int64_t step(const std::string& key) const;
+};
+
 // dir + "/checkpoint.rank<r>.safetensors" for this process's rank in the world.
 std::string train_state_path(const std::string& dir);
 void save_train_state(const std::string& path, const Module& model, const optim::Optimizer& opt,
