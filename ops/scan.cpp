@@ -143,7 +143,9 @@ std::pair<Tensor, Tensor> causal_conv1d(const Tensor& x, const Tensor& weight,
              Tensor dx = empty_like(xv);
              Tensor dw = gw ? empty_like(wv) : Tensor();
              Tensor db = gb ? empty_like(bv) : Tensor();
-             Tensor dwin = gwin ? empty_like(winv) : Tensor();
+             // an empty sequence reaches no output: the kernels leave the window's gradient
+             // unwritten then (its share through the final window is autograd's)
+             Tensor dwin = !gwin ? Tensor() : xv.size(1) == 0 ? zeros_like(winv) : empty_like(winv);
              kernel_for<CausalConvBackwardKernel>(op_info("causal_conv1d_backward"), xv.device())(
                  dx, dw, db, dwin, dy, xv, wv, bv, winv, silu);
              return TensorList{dx, dw, db, dwin};

@@ -104,6 +104,7 @@ std::pair<Tensor, Tensor> ssd_scan(const Tensor& x, const Tensor& dt, const Tens
   SsdScanForward f;
   f.y = empty(x.sizes(), Options(ct, x.device()));
   if (grad && o.z.defined()) f.y_pre = empty(x.sizes(), Options(ct, x.device()));
+  f.keep_states = grad;
   if (o.return_final_state)
     f.final_state = empty({x.size(0), x.size(2), x.size(3), B.size(3)}, Options(ct, x.device()));
   kernel_for<SsdScanKernel>(op_, x.device())(in, &f, nullptr);
@@ -117,31 +118,34 @@ std::pair<Tensor, Tensor> ssd_scan(const Tensor& x, const Tensor& dt, const Tens
   if (grad) {
     std::vector<SavedTensor> saved;
     for (const Tensor& t : inputs) saved.emplace_back(t, kOp);
-    Tensor y_pre = f.y_pre;
+    Tensor y_pre = f.y_pre, states = f.states;
     const bool softplus = o.dt_softplus;
-    record(kOp, inputs, outs, [saved, y_pre, softplus, chunk_size, ct](const TensorList& g) {
-      TensorList v;
-      for (const SavedTensor& s : saved) v.push_back(s.unpack());
-      SsdScanInputs in = kernel_inputs(v, ct, softplus, chunk_size);
-      SsdScanBackward b;
-      {
-        NoGradGuard ng;
-        b.y_pre = y_pre;
-        b.dy = prepare(g[0], ct);
-        if (g.size() > 1) b.dfinal_state = prepare(g[1], ct);
-      }
-      b.dx = alloc_like(in.x, ct);
-      b.ddt = alloc_like(in.dt, ct);
-      b.dA = alloc_like(in.A, ct);
-      b.dB = alloc_like(in.B, ct);
-      b.dC = alloc_like(in.C, ct);
-      b.dD = alloc_like(in.D, ct);
-      b.dz = alloc_like(in.z, ct);
-      b.ddt_bias = alloc_like(in.dt_bias, ct);
-      b.dinitial_state = alloc_like(in.initial_state, ct);
-      kernel_for<SsdScanKernel>(op_info(kOp), in.x.device())(in, nullptr, &b);
-      return TensorList{b.dx, b.ddt, b.dA, b.dB, b.dC, b.dD, b.dz, b.ddt_bias, b.dinitial_state};
-    });
+    record(kOp, inputs, outs,
+           [saved, y_pre, states, softplus, chunk_size, ct](const TensorList& g) {
+             TensorList v;
+             for (const SavedTensor& s : saved) v.push_back(s.unpack());
+             SsdScanInputs in = kernel_inputs(v, ct, softplus, chunk_size);
+             SsdScanBackward b;
+             {
+               NoGradGuard ng;
+               b.y_pre = y_pre;
+               b.states = states;
+               b.dy = prepare(g[0], ct);
+               if (g.size() > 1) b.dfinal_state = prepare(g[1], ct);
+             }
+             b.dx = alloc_like(in.x, ct);
+             b.ddt = alloc_like(in.dt, ct);
+             b.dA = alloc_like(in.A, ct);
+             b.dB = alloc_like(in.B, ct);
+             b.dC = alloc_like(in.C, ct);
+             b.dD = alloc_like(in.D, ct);
+             b.dz = alloc_like(in.z, ct);
+             b.ddt_bias = alloc_like(in.dt_bias, ct);
+             b.dinitial_state = alloc_like(in.initial_state, ct);
+             kernel_for<SsdScanKernel>(op_info(kOp), in.x.device())(in, nullptr, &b);
+             return TensorList{b.dx,       b.ddt,           b.dA, b.dB, b.dC, b.dD, b.dz,
+                               b.ddt_bias, b.dinitial_state};
+           });
   }
   check_anomaly(kOp, inputs, outs);
   return {y, fin};

@@ -221,15 +221,19 @@ struct SsdScanInputs {
   int64_t chunk_size = 256;
 };
 // Forward outputs: y (gated when z), y_pre (y before the gate, kept for the backward; may be
-// undefined), final_state (may be undefined).
+// undefined), final_state (may be undefined). With keep_states a kernel may also return states:
+// the scan's state at chunk starts, in its own layout, for its backward (which recomputes them
+// when they are undefined).
 struct SsdScanForward {
   Tensor y, y_pre, final_state;
+  bool keep_states = false;
+  mutable Tensor states;  // allocated by the kernel (its layout is the kernel's own)
 };
-// Backward: dy and dfinal_state (undefined: zeros) in, y_pre needed when z is defined. Every
-// gradient is shaped like its input and is written whole; undefined ones are skipped (dx, ddt,
-// dA, dB, dC are always defined).
+// Backward: dy and dfinal_state (undefined: zeros) in, y_pre needed when z is defined, states as
+// the forward left them (may be undefined). Every gradient is shaped like its input and is
+// written whole; undefined ones are skipped (dx, ddt, dA, dB, dC are always defined).
 struct SsdScanBackward {
-  Tensor y_pre, dy, dfinal_state;
+  Tensor y_pre, dy, dfinal_state, states;
   Tensor dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_state;
 };
 // One kernel for both directions (exactly one of fwd, bwd is non-null), so a backend registers

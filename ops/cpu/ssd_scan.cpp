@@ -1,38 +1,23 @@
-// CPU kernels of ssd_scan (Mamba-2's scan), forward and backward, as a per-head recurrence whose
-// state stays in L1: per step S = exp(d A) S + d x B^T (one scalar exp per head), y = S C + D x.
-// It is the same function as the chunked SSD form, but on a CPU it moves far fewer bytes.
+// CPU kernels of ssd_scan (Mamba-2's scan). The forward is a per-head recurrence whose state
+// stays in L1: per step S = exp(d A) S + d x B^T (one scalar exp per head), y = S C + D x. The
+// backward works on chunks of kChunk steps in matrix form, from the states the forward kept at
+// chunk starts (see "backward" below). Both are the same function as mamba_ssm's chunked SSD.
 //
 // Memory layout. Operands are contiguous, row-major, in the compute type T (float or double):
 //   x, z, y, y_pre, dy, dx, dz: [batch][L][heads][P]      dt, ddt: [batch][L][heads]
 //   B, C, dB, dC: [batch][L][groups][N]                    A, D, dt_bias (and grads): [heads]
 //   initial/final state and their grads: [batch][heads][P][N]
-// Work is split over (batch, head) pairs. Each keeps its state in scratch padded to whole SIMD
-// vectors (padding lanes stay zero):
-//   forward  S[N][Pp], vectorised over P: y = sum_n C_n S[n][:] needs no horizontal sums;
-//   backward S, G[P][Np], vectorised over N: dC and dB are vertical sums (only dx is not).
-// d = softplus(dt + dt_bias) and the decay a = exp(d A) of all (batch, step, head) are computed
-// first, vectorised, into scratch laid out like dt.
+//   kept states: [batch][chunk][heads][Pp][Np]
+// Rows are padded to whole SIMD vectors, Pp and Np (padding lanes stay zero). The forward splits
+// its work over (batch, head) pairs and keeps its state as S[N][Pp], vectorised over P: y =
+// sum_n C_n S[n][:] needs no horizontal sums. d = softplus(dt + dt_bias) and the decay
+// a = exp(d A) of all (batch, step, head) are computed first, vectorised, into scratch laid out
+// like dt.
 //
-// Scaled state. The state is held as S = scale * S' with a scalar scale, so a step is one FMA
-// per element (S' += B (X / scale)^T) instead of a multiply and an FMA; the decay goes into the
-// scalar. When scale leaves [kMinScale, 1 / kMinScale] it is folded back into S' (rare: every
-// ~27 / |d A| steps in f32), and a decay too strong for any scale is applied to S' directly.
-//
-// Backward without stored states. With l_t = d_t A the log-decay and G_t = dLoss/dS_t, two passes
-// need no past states: a forward pass recomputes S_t for dC_t = S_t^T dy_t, and a reverse pass
-// runs G_t = H_t + C_t dy_t^T, H_t = a_{t+1} G_{t+1}, for dB, dx and the initial state's
-// gradient. For l, dLoss/dl_r = G_r . (a_r S_{r-1}) telescopes to sum_{t = r}^{c} E_t, c the next
-// checkpoint, with
-//   E_t = (C_t dy_t^T) . (a_t S_{t-1}) - H_t . (B_t X_t^T)   (+ H_c . S_c at t = c).
-// The first term comes out of pass 1, the second out of pass 2, each from the state before the
-// step's own input (so their common part (C.B)(dy.X) never enters the sum). Pass 1 keeps a
-// checkpoint of S every min(chunk_size, kMaxSpacing) steps, per thread, only for H_c . S_c; the
-// sum restarts at each, which bounds its rounding (it grows with the spacing).
-//
-// Sweeps. Pass 1 updates the state for up to 4 steps per sweep (2 N-vectors x 4 steps of
-// accumulators in registers), pass 2 for 2 (its lanes of H B need whole rows of 4 N-vectors);
-// within a sweep the operations are those of one step after another, so grouping never changes
-// the results. C . B of every step is computed once per group of heads, not per head.
+// Scaled state. The forward holds its state as S = scale * S' with a scalar scale, so a step is
+// one FMA per element (S' += B (X / scale)^T) instead of a multiply and an FMA; the decay goes
+// into the scalar. When scale leaves [kMinScale, 1 / kMinScale] it is folded back into S' (rare:
+// every ~27 / |d A| steps in f32), and a decay too strong for any scale is applied to S' directly.
 //
 // One step (L = 1, decoding) has a path of its own: step_head.
 #include <algorithm>
@@ -41,6 +26,10 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "../../core/allocator.h"
 #include "../../core/parallel.h"
@@ -104,6 +93,7 @@ VecD load_d(const double* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+void store_d(double* p, VecD v) { std::memcpy(p, &v, sizeof(v)); }
 // Sum of the lanes of a vector by halving (log2 lanes dependent adds, not one per lane).
 template <class V>
 auto lane_sum(V v) {
@@ -145,67 +135,92 @@ double dot_d(const double* a, const double* b, int64_t n) {
   return lane_sum(acc0 + acc1);
 }
 
-// The same for long rows: f32 sums over blocks of 256 products, added up in double.
+// sum_i a[i] * b[i] over n entries (a multiple of the vector width): f32 sums over blocks of 256
+// products, added up in double (double: dot_d).
 double dot_blocked(const float* a, const float* b, int64_t n) {
   typedef float V __attribute__((vector_size(simd::kWidth * 4)));
-  constexpr int64_t kBlock = 256;
-  VecD acc{};
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+  double total = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += 256) {
     V s0{}, s1{};
-    const int64_t e = std::min(n, i0 + kBlock);
+    const int64_t e = std::min<int64_t>(n, i0 + 256);
     int64_t i = i0;
     for (; i + 2 * simd::kWidth <= e; i += 2 * simd::kWidth) {
       s0 += simd::load(a + i) * simd::load(b + i);
       s1 += simd::load(a + i + simd::kWidth) * simd::load(b + i + simd::kWidth);
     }
     for (; i < e; i += simd::kWidth) s0 += simd::load(a + i) * simd::load(b + i);
-    float lanes[simd::kWidth];
-    simd::store(lanes, s0 + s1);
-    HalfF lo, hi;
-    std::memcpy(&lo, lanes, sizeof(lo));
-    std::memcpy(&hi, lanes + WD, sizeof(hi));
-    acc += __builtin_convertvector(lo, VecD) + __builtin_convertvector(hi, VecD);
+    total += static_cast<double>(lane_sum(s0 + s1));
   }
-  double s = 0;
-  for (int i = 0; i < WD; ++i) s += acc[i];
-  return s;
+  return total;
 }
 double dot_blocked(const double* a, const double* b, int64_t n) { return dot_d(a, b, n); }
 
-// Row sums of W vectors at once by a shuffle butterfly: W - 1 shuffle pairs instead of W
-// horizontal sums. Input i should hold row slot[i]; lane l of the result is then the sum of row l.
+// Adds the lanes of a float or double vector of simd::kWidth * 4 bytes to double lanes held in
+// two vectors (hi stays zero for double).
+template <class V>
+void to_double(V v, VecD& lo, VecD& hi) {
+  if constexpr (sizeof(v[0]) == 4) {
+    HalfF a, b;
+    std::memcpy(&a, &v, sizeof(a));
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+    lo += __builtin_convertvector(a, VecD);
+    hi += __builtin_convertvector(b, VecD);
+  } else {
+    VecD a;
+    std::memcpy(&a, &v, sizeof(a));
+    lo += a;
+  }
+}
+
+// The lane products of a and b, exact in double (a float times a float fits a double), into lo
+// and hi (hi stays zero for double).
+template <class V>
+void products_double(V a, V b, VecD& lo, VecD& hi) {
+  if constexpr (sizeof(a[0]) == 4) {
+    HalfF a0, a1, b0, b1;
+    std::memcpy(&a0, &a, sizeof(a0));
+    std::memcpy(&a1, reinterpret_cast<const char*>(&a) + sizeof(a0), sizeof(a1));
+    std::memcpy(&b0, &b, sizeof(b0));
+    std::memcpy(&b1, reinterpret_cast<const char*>(&b) + sizeof(b0), sizeof(b1));
+    lo = __builtin_convertvector(a0, VecD) * __builtin_convertvector(b0, VecD);
+    hi = __builtin_convertvector(a1, VecD) * __builtin_convertvector(b1, VecD);
+  } else {
+    VecD x, y;
+    std::memcpy(&x, &a, sizeof(x));
+    std::memcpy(&y, &b, sizeof(y));
+    lo = x * y;
+    hi = VecD{};
+  }
+}
+
+// W x W tiles transposed in registers (log2 W levels of two-vector shuffles, W per level), and
+// whole matrices of such tiles.
 template <class T>
-struct Butterfly {
+struct Transpose {
   static constexpr int W = simd::kWidth * 4 / static_cast<int>(sizeof(T));
   static constexpr int kLevels = __builtin_ctz(W);
   typedef T Vec __attribute__((vector_size(simd::kWidth * 4)));
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Index;
   typedef Index Mask __attribute__((vector_size(simd::kWidth * 4)));
   Mask lo[kLevels], hi[kLevels];
-  int slot[W];
-  Butterfly() {
+  // Level h swaps the off-diagonal h x h blocks of the row pairs (i, i + h), i & h == 0.
+  Transpose() {
     for (int lv = 0, h = W / 2; lv < kLevels; ++lv, h /= 2)
       for (int l = 0; l < W; ++l) {
         lo[lv][l] = (l & h) == 0 ? l : W + l - h;
         hi[lv][l] = (l & h) == 0 ? l + h : W + l;
       }
-    for (int i = 0; i < W; ++i) slot[i] = i;
-    Vec v[W];
-    for (int i = 0; i < W; ++i) v[i] = static_cast<T>(i) - Vec{};
-    Vec r = reduce(v);  // lane l now holds W * (input of lane l)
-    int order[W];
-    for (int l = 0; l < W; ++l) order[l] = static_cast<int>(r[l] / W + T(0.5));
-    for (int l = 0; l < W; ++l) slot[order[l]] = l;
   }
-  Vec reduce(Vec* v) const {  // overwrites v
+  void tile(Vec* v) const {  // v[i] = row i in, column i out
 #pragma GCC unroll 8
-    for (int lv = 0; lv < kLevels; ++lv) {
-      const int count = W >> lv;
+    for (int lv = 0, h = W / 2; lv < kLevels; ++lv, h /= 2)
 #pragma GCC unroll 16
-      for (int i = 0; i < count / 2; ++i)
-        v[i] = shuffle(v[2 * i], v[2 * i + 1], lo[lv]) + shuffle(v[2 * i], v[2 * i + 1], hi[lv]);
-    }
-    return v[0];
+      for (int i = 0; i < W; ++i)
+        if ((i & h) == 0) {
+          const Vec a = v[i], c = v[i + h];
+          v[i] = shuffle(a, c, lo[lv]);
+          v[i + h] = shuffle(a, c, hi[lv]);
+        }
   }
   // GCC's two-vector shuffle by a run-time mask; clang (the fuzz build) has none: a lane loop.
   static Vec shuffle(Vec a, Vec b, Mask m) {
@@ -217,9 +232,53 @@ struct Butterfly {
     return __builtin_shuffle(a, b, m);
 #endif
   }
-  static const Butterfly& get() {
-    static const Butterfly b;
-    return b;
+  // dst[c][r] = scale * src[r][c] for rows x cols (both multiples of W). With stream, dst (64-byte
+  // aligned rows) is written around the caches: it is read much later; call stream_fence() after.
+  void matrix(const T* src, int64_t ss, int64_t rows, int64_t cols, T* dst, int64_t ds,
+              T scale = T(1), bool stream = false) const {
+    for (int64_t r0 = 0; r0 < rows; r0 += W)
+      for (int64_t c0 = 0; c0 < cols; c0 += W) {
+        Vec v[W];
+        for (int i = 0; i < W; ++i) std::memcpy(&v[i], src + (r0 + i) * ss + c0, sizeof(Vec));
+        tile(v);
+        for (int i = 0; i < W; ++i) {
+          const Vec o = v[i] * scale;
+          T* d = dst + (c0 + i) * ds + r0;
+          if (stream && store_stream(d, o)) continue;
+          std::memcpy(d, &o, sizeof(Vec));
+        }
+      }
+  }
+  static bool store_stream(T* d, Vec v) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(Vec) == 64) {
+      if (reinterpret_cast<uintptr_t>(d) % 64 != 0) return false;
+      __m512 r;
+      std::memcpy(&r, &v, 64);
+      _mm512_stream_ps(reinterpret_cast<float*>(d), r);
+      return true;
+    }
+#elif defined(__AVX__)
+    if constexpr (sizeof(Vec) == 32) {
+      if (reinterpret_cast<uintptr_t>(d) % 32 != 0) return false;
+      __m256 r;
+      std::memcpy(&r, &v, 32);
+      _mm256_stream_ps(reinterpret_cast<float*>(d), r);
+      return true;
+    }
+#endif
+    (void)d;
+    (void)v;
+    return false;
+  }
+  static void stream_fence() {
+#if defined(__AVX512F__) || defined(__AVX__)
+    _mm_sfence();
+#endif
+  }
+  static const Transpose& get() {
+    static const Transpose t;
+    return t;
   }
 };
 
@@ -227,13 +286,14 @@ template <class T>
 struct Ssd {
   static constexpr int W = simd::kWidth * 4 / static_cast<int>(sizeof(T));
   typedef T Vec __attribute__((vector_size(simd::kWidth * 4)));
-  static constexpr int kSlabP = 4;   // forward: P-vectors held in registers per pass over N
-  static constexpr int kSlabN2 = 4;  // backward pass 2: N-vectors in registers per pass over P
+  static constexpr int kSlabP = 4;  // forward: P-vectors held in registers per pass over N
   // Inputs divided by scale stay far from overflow: |S'| <= |S| / kMinScale.
   static constexpr T kMinScale = sizeof(T) == 4 ? T(0x1p-40) : T(0x1p-300);
-  // Checkpoints at most this far apart: the rounding of the telescoped sums for dt and A grows
-  // with the distance to the next one (64 keeps f32 gradients of A within ~5e-6 of float64).
-  static constexpr int64_t kMaxSpacing = 64;
+  // The backward's chunk (its own, whatever chunk_size says: the function is the same). Longer
+  // chunks keep fewer states but cost Q P / 2 multiply-adds a step within a chunk, and the
+  // telescoped sums behind dt and A restart at every chunk: their rounding grows with its length
+  // (64 keeps f32 gradients of A within ~5e-6 of float64).
+  static constexpr int64_t kChunk = 64;
 
   static Vec load(const T* p) {
     Vec v;
@@ -300,7 +360,7 @@ struct Ssd {
     G = in.B.size(2);
     N = in.B.size(3);
     hpg = G > 0 ? H / G : 1;
-    Q = std::clamp<int64_t>(in.chunk_size, 1, kMaxSpacing);
+    Q = kChunk;
     Pp = round_up(P);
     Np = round_up(N);
     x = in.x.data_ptr<T>();
@@ -427,9 +487,22 @@ struct Ssd {
     }
   }
 
-  // scratch: S' [N * Pp], xs, ys, gate [Pp]
+  // Chunks of Q steps; the forward can keep the state at each chunk's start (nchunks() states
+  // per (batch, head)) for the backward, each transposed to the backward's layout [Pp][Np]
+  // (zero past P and N).
+  int64_t nchunks() const { return (L + Q - 1) / Q; }
+  int64_t state_block() const { return Np * Pp; }
+  int64_t stidx(int64_t b, int64_t c, int64_t h) const {
+    return ((b * nchunks() + c) * H + h) * state_block();
+  }
+  // dst = (scale * S')^T, the true state; S' has Np rows (zero past N).
+  void keep_state(const T* S, T scale, T* dst) const {
+    Transpose<T>::get().matrix(S, Pp, Np, Pp, dst, Np, scale, true);
+  }
+
+  // scratch: S' [Np * Pp] (rows past N stay zero), xs, ys, gate [Pp]; states may be null
   void forward_head(int64_t b, int64_t h, Schedule& sc, T* S, T* xs, T* ys, T* gate, T* y, T* y_pre,
-                    T* fin) const {
+                    T* fin, T* states) const {
     const int64_t g = h / hpg;
     const T Dh = D ? D[h] : T(0);
     schedule(b, h, sc);
@@ -440,6 +513,8 @@ struct Ssd {
         for (int64_t n = 0; n < N; ++n) S[n * Pp + p] = init[srow(b, h) + p * N + n];
     for (int64_t t = 0; t < L; ++t) {
       const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
+      if (states && t % Q == 0)
+        keep_state(S, t > 0 ? sc.scale[t - 1] : T(1), states + stidx(b, t / Q, h));
       if (t + kPrefetchSteps < L) {
         const int64_t ra = xrow(b, t + kPrefetchSteps, h);
         prefetch_row(x + ra, P, false);
@@ -463,6 +538,7 @@ struct Ssd {
         std::memcpy(y + r, yt, P * sizeof(T));
       }
     }
+    if (states) Transpose<T>::stream_fence();
     if (fin) {
       const T scale = L > 0 ? sc.scale[L - 1] : T(1);
       for (int64_t p = 0; p < P; ++p)
@@ -512,222 +588,86 @@ struct Ssd {
   }
 
   // ---- backward ----
-  // Pass 1 sweeps the state once per group of up to kGroup consecutive steps (never across a
-  // checkpoint): within a group the operations are those of one step after another, in the same
-  // order, so the grouping does not change the results.
-  static constexpr int kGroup = 4;  // pass 1 (S x K = 4 x 2 vectors of accumulators)
-  struct Steps {
-    const T* b[kGroup];  // B rows (padded to Np)
-    const T* xs[kGroup];
-    const T* gy[kGroup];
-    T* out[kGroup];  // dC' rows
-    T m[kGroup];
-  };
-
-  // Pass 1 on K N-vectors from column j, S steps in time order: S' = m S' + xs B^T, and
-  // out = (m S')^T gy from the decayed state before the step's input (its part is added later).
-  template <int S, int K, bool kMul>
-  static void bwd1_group(T* s, int64_t Np, int64_t P, const Steps& st, int64_t j) {
-    Vec bv[S][K], acc[S][K], mv[S];
-    const T* xs[S];
-    const T* gy[S];
-    for (int i = 0; i < S; ++i) {
-      xs[i] = st.xs[i];
-      gy[i] = st.gy[i];
-      mv[i] = bcast(st.m[i]);
-      for (int k = 0; k < K; ++k) {
-        bv[i][k] = load(st.b[i] + j + k * W);
-        acc[i][k] = Vec{};
+  // One pass over the chunks of Q steps in reverse, every head of a chunk before the next, from
+  // the state S0 kept at the chunk's start and Hn, the gradient of the state at the chunk's last
+  // step t1 less that step's own output (the final state's gradient for the last chunk). Within
+  // a chunk, with lc_t = l_t0 + ... + l_t (l = d A), alpha_t = exp(lc_t), w_ts = exp(lc_t - lc_s),
+  // beta_t = w_{t1 t}, X_t = d_t x_t and G_t = dL/dS_t:
+  //   G_t     = beta_t Hn + sum_{s >= t} w_st gy_s C_s^T
+  //   a_t S_{t-1} = alpha_t S0 + sum_{s < t} w_ts B_s X_s^T
+  //   dC_t   += alpha_t S0^T gy_t + sum_{s <= t} K_ts B_s,   K_ts = w_ts d_s (gy_t . x_s)
+  //   dB_t   += beta_t Hn^T X_t + sum_{s >= t} K_st C_s
+  //   dx_t    = d_t G_t B_t + D gy_t,  G_t B_t = beta_t Hn B_t + sum_{s >= t} w_st (C_s . B_t) gy_s
+  //   Hn'     = alpha_{t1} Hn + sum_s alpha_s gy_s C_s^T   (for the previous chunk)
+  // and for dt and A, run_t = dL/dl_t = G_t . (a_t S_{t-1}) is the sum of
+  //   alpha_{t1} Hn . S0,  sum_{s >= t} alpha_s C_s . (S0^T gy_s),  sum_{u < t} beta_u X_u . Hn
+  //   B_u, and the pairs sum_{s >= t > u} K_su (C_s . B_u)
+  // (no term cancels another; the pairs are summed as E_s = sum_{u < s} minus
+  // Hx_u = sum_{s > u}, of the same products exact in double, so that only pairs crossing t
+  // remain), then dL/dd_t = A run_t + x_t . G_t B_t and dL/dA += d_t run_t.
+  // S0^T gy, Hn B, Hn^T X and Hn's update are [P x N] x [N x Q]-sized products: 4 P N
+  // multiply-adds a step against 5 P N for the recurrence (which recomputes the states), as
+  // matrix products; the products with B and C that do not involve a state are done once per
+  // group of heads, not per head.
+  static int64_t round_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+  // C[r][v] (+)= sum_k A[r][k] Bm[k][v] on a tile of 4 rows x TV vectors.
+  template <int TV>
+  static void gemm_tile(const T* a, int64_t as, const T* bm, int64_t bs, int64_t K, T* c,
+                        int64_t cs, bool accumulate) {
+    constexpr int R = 4;
+    Vec acc[R][TV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < TV; ++v) acc[r][v] = accumulate ? load(c + r * cs + v * W) : Vec{};
+    for (int64_t k = 0; k < K; ++k) {
+      Vec bv[TV];
+      for (int v = 0; v < TV; ++v) bv[v] = load(bm + k * bs + v * W);
+      for (int r = 0; r < R; ++r) {
+        const Vec av = bcast(a[r * as + k]);
+        for (int v = 0; v < TV; ++v) acc[r][v] += av * bv[v];
       }
     }
-    for (int64_t p = 0; p < P; ++p) {
-      T* row = s + p * Np + j;
-      Vec v[K];
-      for (int k = 0; k < K; ++k) v[k] = load(row + k * W);
-      for (int i = 0; i < S; ++i) {
-        const Vec xp = bcast(xs[i][p]), gp = bcast(gy[i][p]);
-        for (int k = 0; k < K; ++k) {
-          const Vec old = kMul ? v[k] * mv[i] : v[k];
-          acc[i][k] += gp * old;
-          v[k] = old + xp * bv[i][k];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < TV; ++v) store(c + r * cs + v * W, acc[r][v]);
+  }
+  // C (+)= A Bm for rows (a multiple of 4) x nvec vectors. kLowerK: row tile r0 sums k < r0 + 4
+  // only; kUpperK: k >= r0 only; kLowerV: row tile r0 computes the vectors up to column r0 + 3.
+  enum class Tri { kNone, kLowerK, kUpperK, kLowerV };
+  static void gemm(const T* a, int64_t as, int64_t rows, const T* bm, int64_t bs, int64_t nvec,
+                   int64_t K, T* c, int64_t cs, bool accumulate, Tri tri) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int64_t k0 = tri == Tri::kUpperK ? std::min(K, r0) : 0;
+      const int64_t k = (tri == Tri::kLowerK ? std::min<int64_t>(K, r0 + 4) : K) - k0;
+      const int64_t nv = tri == Tri::kLowerV ? std::min<int64_t>(nvec, (r0 + 3) / W + 1) : nvec;
+      for (int64_t v0 = 0; v0 < nv; v0 += 4) {
+        const T* ap = a + r0 * as + k0;
+        const T* bp = bm + k0 * bs + v0 * W;
+        T* cp = c + r0 * cs + v0 * W;
+        switch (std::min<int64_t>(4, nv - v0)) {
+          case 1:
+            gemm_tile<1>(ap, as, bp, bs, k, cp, cs, accumulate);
+            break;
+          case 2:
+            gemm_tile<2>(ap, as, bp, bs, k, cp, cs, accumulate);
+            break;
+          case 3:
+            gemm_tile<3>(ap, as, bp, bs, k, cp, cs, accumulate);
+            break;
+          default:
+            gemm_tile<4>(ap, as, bp, bs, k, cp, cs, accumulate);
+            break;
         }
       }
-      for (int k = 0; k < K; ++k) store(row + k * W, v[k]);
-    }
-    for (int i = 0; i < S; ++i)
-      for (int k = 0; k < K; ++k) store(st.out[i] + j + k * W, acc[i][k]);
-  }
-
-  // One group of S steps over the whole state.
-  template <int S, bool kMul>
-  void sweep1(T* state, const Steps& st) const {
-    constexpr int K = S >= 3 ? 2 : S == 2 ? 4 : 8;  // S x K accumulators and B vectors in registers
-    const int64_t nv = Np / W;
-    for (int64_t j = 0; j < nv; j += K) {
-      const int64_t jw = j * W;
-      switch (std::min<int64_t>(K, nv - j)) {
-#define COIL_SSD_G1(KK)                                                   \
-  case KK:                                                                \
-    if constexpr (KK <= K) bwd1_group<S, KK, kMul>(state, Np, P, st, jw); \
-    break;
-        COIL_SSD_G1(1)
-        COIL_SSD_G1(2)
-        COIL_SSD_G1(3)
-        COIL_SSD_G1(4)
-        COIL_SSD_G1(5)
-        COIL_SSD_G1(6)
-        COIL_SSD_G1(7)
-        COIL_SSD_G1(8)
-#undef COIL_SSD_G1
-      }
     }
   }
-  void sweep1_any(T* state, const Steps& st, int cnt) const {
-    bool mul = false;
-    for (int i = 0; i < cnt; ++i) mul = mul || st.m[i] != T(1);
-    switch (cnt) {
-#define COIL_SSD_SWEEP(S)                                           \
-  case S:                                                           \
-    mul ? sweep1<S, true>(state, st) : sweep1<S, false>(state, st); \
-    break;
-      COIL_SSD_SWEEP(1)
-      COIL_SSD_SWEEP(2)
-      COIL_SSD_SWEEP(3)
-      COIL_SSD_SWEEP(4)
-#undef COIL_SSD_SWEEP
-    }
-  }
-
-  // Pass 2 on K N-vectors of G'[P][Np]: G' = m G' + gy C^T. From H' = m G' before the output's
-  // part (added per n and p later): dB' = H'^T X, w[p] (+)= lanes of H' B (row sums later).
-  template <int K, bool kMul>
-  static void bwd2_slab(T* gs, int64_t Np, int64_t P, const T* bp, const T* cp, T m, const T* xs,
-                        const T* gy, T* dbp, T* w, bool first) {
-    Vec bv[K], cv[K], acc[K];
-    for (int k = 0; k < K; ++k) {
-      bv[k] = load(bp + k * W);
-      cv[k] = load(cp + k * W);
-      acc[k] = Vec{};
-    }
-    const Vec mv = bcast(m);
-    for (int64_t p = 0; p < P; ++p) {
-      const Vec xp = bcast(xs[p]), gp = bcast(gy[p]);
-      T* row = gs + p * Np;
-      Vec w0{}, w1{};
-      for (int k = 0; k < K; ++k) {
-        const Vec old = kMul ? load(row + k * W) * mv : load(row + k * W);
-        store(row + k * W, old + gp * cv[k]);
-        acc[k] += xp * old;
-        if (k % 2 == 0)
-          w0 += old * bv[k];
-        else
-          w1 += old * bv[k];
-      }
-      Vec wp = w0 + w1;
-      store(w + p * W, first ? wp : load(w + p * W) + wp);
-    }
-    for (int k = 0; k < K; ++k) store(dbp + k * W, acc[k]);
-  }
-
-  // Pass 2 takes two steps per sweep of the state (t0 then t1), each element loaded and stored
-  // once: the same operations in the same order as two calls of the one-step kernel (a multiply
-  // by m = 1 is exact).
-  template <int K, bool kMul>
-  static void bwd2_pair_slab(T* gs, int64_t Np, int64_t P, const T* b0p, const T* c0p, const T* b1p,
-                             const T* c1p, T m0, T m1, const T* xs0, const T* xs1, const T* gy0,
-                             const T* gy1, T* o0, T* o1, T* w0, T* w1, bool first) {
-    Vec b0[K], b1[K], a0[K], a1[K];
-    for (int k = 0; k < K; ++k) {
-      b0[k] = load(b0p + k * W);
-      b1[k] = load(b1p + k * W);
-      a0[k] = Vec{};
-      a1[k] = Vec{};
-    }
-    const Vec mv0 = bcast(m0), mv1 = bcast(m1);
-    for (int64_t p = 0; p < P; ++p) {
-      const Vec x0 = bcast(xs0[p]), x1 = bcast(xs1[p]), g0 = bcast(gy0[p]), g1 = bcast(gy1[p]);
-      T* row = gs + p * Np;
-      Vec w00{}, w01{}, w10{}, w11{};
-      for (int k = 0; k < K; ++k) {
-        const Vec v = load(row + k * W);
-        const Vec old0 = kMul ? v * mv0 : v;
-        const Vec n0 = old0 + g0 * load(c0p + k * W);
-        a0[k] += x0 * old0;
-        const Vec old1 = kMul ? n0 * mv1 : n0;
-        store(row + k * W, old1 + g1 * load(c1p + k * W));
-        a1[k] += x1 * old1;
-        if (k % 2 == 0) {
-          w00 += old0 * b0[k];
-          w10 += old1 * b1[k];
-        } else {
-          w01 += old0 * b0[k];
-          w11 += old1 * b1[k];
-        }
-      }
-      const Vec wp0 = w00 + w01, wp1 = w10 + w11;
-      store(w0 + p * W, first ? wp0 : load(w0 + p * W) + wp0);
-      store(w1 + p * W, first ? wp1 : load(w1 + p * W) + wp1);
-    }
-    for (int k = 0; k < K; ++k) {
-      store(o0 + k * W, a0[k]);
-      store(o1 + k * W, a1[k]);
-    }
-  }
-  static constexpr int kPairSlab = 4;
-  template <bool kMul>
-  void bwd_pair2(T* state, const T* b0, const T* c0, const T* b1, const T* c1, T m0, T m1,
-                 const T* xs0, const T* xs1, const T* gy0, const T* gy1, T* o0, T* o1, T* w0,
-                 T* w1) const {
-    const int64_t nv = Np / W;
-    for (int64_t j = 0; j < nv; j += kPairSlab) {
-      const int64_t jw = j * W;
-      const bool first = j == 0;
-#define COIL_SSD_PAIR2(K)                                                                       \
-  case K:                                                                                       \
-    bwd2_pair_slab<K, kMul>(state + jw, Np, P, b0 + jw, c0 + jw, b1 + jw, c1 + jw, m0, m1, xs0, \
-                            xs1, gy0, gy1, o0 + jw, o1 + jw, w0, w1, first);                    \
-    break;
-      switch (std::min<int64_t>(kPairSlab, nv - j)) {
-        COIL_SSD_PAIR2(1)
-        COIL_SSD_PAIR2(2)
-        COIL_SSD_PAIR2(3)
-        COIL_SSD_PAIR2(4)
-      }
-#undef COIL_SSD_PAIR2
-    }
-  }
-
-  // One pass-2 step alone (at a checkpoint or the sequence's start).
-  template <bool kMul>
-  void bwd2_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
-                 T* w) const {
-    const int64_t nv = Np / W;
-    for (int64_t j = 0; j < nv; j += kSlabN2) {
-      T* s = state + j * W;
-      const T* bj = bp + j * W;
-      const T* cj = cp + j * W;
-      T* oj = out + j * W;
-      const bool first = j == 0;
-      switch (std::min<int64_t>(kSlabN2, nv - j)) {
-#define COIL_SSD_SLAB(K)                                           \
-  case K:                                                          \
-    bwd2_slab<K, kMul>(s, Np, P, bj, cj, m, xs, gy, oj, w, first); \
-    break;
-        COIL_SSD_SLAB(1)
-        COIL_SSD_SLAB(2)
-        COIL_SSD_SLAB(3)
-        COIL_SSD_SLAB(4)
-#undef COIL_SSD_SLAB
-      }
-    }
-  }
-  void bwd2_step(T* state, const T* bp, const T* cp, T m, const T* xs, const T* gy, T* out,
-                 T* w) const {
-    if (m == T(1))
-      bwd2_step<false>(state, bp, cp, m, xs, gy, out, w);
+  // v[i] = exp(v[i]) for n entries (a whole number of vectors), vectorised in f32.
+  static void exp_row(T* v, int64_t n) {
+    if constexpr (sizeof(T) == 4)
+      for (int64_t i = 0; i < n; i += W) simd::store(v + i, simd::exp(simd::load(v + i)));
     else
-      bwd2_step<true>(state, bp, cp, m, xs, gy, out, w);
+      for (int64_t i = 0; i < n; ++i) v[i] = std::exp(v[i]);
   }
+  // Steps of a chunk rounded up to whole vectors (and to 4 rows).
+  int64_t qpad() const { return round_to(Q, std::max(4, W)); }
 
   // A row of n values readable as np (a whole number of vectors): in place when n == np, else
   // copied into buf, whose tail stays zero.
@@ -737,281 +677,302 @@ struct Ssd {
     return buf;
   }
 
-  // sum_p a[p] b[p] over the padded rows.
-  T dot_t(const T* a, const T* b) const {
-    Vec acc0{}, acc1{};
-    int64_t p = 0;
-    for (; p + 2 * W <= Pp; p += 2 * W) {
-      acc0 += load(a + p) * load(b + p);
-      acc1 += load(a + p + W) * load(b + p + W);
-    }
-    if (p < Pp) acc0 += load(a + p) * load(b + p);
-    return hsum(acc0 + acc1);
-  }
-
-  // u[p] = sum of the W lanes of w[p] for the padded rows (w rows past P are zero).
-  void row_sums(const T* w, T* u) const {
-    const Butterfly<T>& bf = Butterfly<T>::get();
-    for (int64_t p0 = 0; p0 < Pp; p0 += W) {
-      Vec v[W];
-#pragma GCC unroll 16
-      for (int i = 0; i < W; ++i) v[i] = load(w + (p0 + bf.slot[i]) * W);
-      store(u + p0, bf.reduce(v));
+  // gy = dy before the gate (gate = silu(z) when z).
+  void gate_grad(int64_t r, const T* dy, T* gate, T* gy) const {
+    if (z) {
+      silu_row(z + r, gate, P);
+      for (int64_t p = 0; p < P; ++p) gy[p] = dy[r + p] * gate[p];
+    } else {
+      std::memcpy(gy, dy + r, P * sizeof(T));
     }
   }
 
-  // Per-thread scratch of the backward; rows padded to Pp / Np stay zero past P / N.
+  // Per thread: a chunk's rows of B and C for each group (zero past the chunk and past N), B^T,
+  // CB[t][s] = C_t . B_s for s < t (zero elsewhere), and the group sums Ksum, dC, dB rows.
   struct BwdScratch {
-    Scratch<T> S, Gs, ckpt, bp, cp, out, w, gy, xs, xr, u, dxr, gate;
-    Scratch<T> bp2, cp2, out2, gy2, xs2, xr2;  // the second step of a pair (w holds both)
-    Scratch<T> xs1, gy1, out1, bp1, cp1;       // pass 1: kGroup rows each
-    Schedule sched;
-    std::vector<T> gm, gscale, inv_gscale, ck_scale;  // reverse schedule of G = gscale * G'
-    std::vector<double> E;
+    int64_t Qp;
+    Scratch<T> Bp, Cp, BT, CB, Ksum, dCr, dBr;  // [G] of each
+    Scratch<T> gy, gys, gysT, xr, xT, xw, Yh, Kt, Mt, M, UT, U, wr, al, be, dl, gate, dxr;
+    std::vector<double> lc, q, hbx, e, hx;
+    Scratch<double> Cd, BTd, CBd;  // f32's C . B in double
     explicit BwdScratch(const Ssd& k)
-        : S(k.P * k.Np),
-          Gs(k.P * k.Np),
-          ckpt(((k.L + k.Q - 1) / k.Q) * k.P * k.Np, false),  // written before it is read
-          bp(k.Np),
-          cp(k.Np),
-          out(k.Np),
-          w(2 * k.wstride()),
-          gy(k.Pp),
-          xs(k.Pp),
-          xr(k.Pp),
-          u(k.Pp),
-          dxr(k.Pp),
+        : Qp(k.qpad()),
+          Bp(k.G * Qp * k.Np),
+          Cp(k.G * Qp * k.Np),
+          BT(k.G * k.Np * Qp),
+          CB(k.G * Qp * Qp),
+          Ksum(k.G * Qp * Qp),
+          dCr(k.G * Qp * k.Np),
+          dBr(k.G * Qp * k.Np),
+          gy(Qp * k.Pp),
+          gys(Qp * k.Pp),
+          gysT(k.Pp * Qp),
+          xr(Qp * k.Pp),
+          xT(k.Pp * Qp),
+          xw(Qp * k.Pp),
+          Yh(Qp * k.Np),
+          Kt(Qp * Qp),
+          Mt(Qp * Qp),
+          M(Qp * Qp),
+          UT(k.Pp * Qp),
+          U(Qp * k.Pp),
+          wr(Qp),
+          al(Qp),
+          be(Qp),
+          dl(Qp),
           gate(k.Pp),
-          bp2(k.Np),
-          cp2(k.Np),
-          out2(k.Np),
-          gy2(k.Pp),
-          xs2(k.Pp),
-          xr2(k.Pp),
-          xs1(kGroup * k.Pp),
-          gy1(kGroup * k.Pp),
-          out1(kGroup * k.Np),
-          bp1(kGroup * k.Np),
-          cp1(kGroup * k.Np),
-          sched(k.L),
-          gm(k.L),
-          gscale(k.L),
-          inv_gscale(k.L),
-          ck_scale((k.L + k.Q - 1) / k.Q),
-          E(k.L) {}
+          dxr(k.Pp),
+          lc(Qp),
+          q(Qp),
+          hbx(Qp),
+          e(Qp),
+          hx(Qp),
+          Cd(sizeof(T) == 4 ? Qp * k.Np : 1, false),
+          BTd(sizeof(T) == 4 ? Qp * k.Np : 1, false),
+          CBd(sizeof(T) == 4 ? Qp * Qp : 1, false) {}
   };
 
   struct BwdOut {
-    T *dx, *ddt, *dB, *dC, *dz, *dinit;  // dB, dC: this slot's accumulator
-    const T *y_pre, *dy, *dfin;
-    const T* cb;              // C . B per (batch, step, group)
-    double *dA, *dD, *dbias;  // per (batch, head) partial sums
+    T *dx, *ddt, *dz, *dinit;
+    T *dC, *dB;  // this slot's accumulators
+    const T *y_pre, *dy, *dfin, *states;
+    const T* cb;  // C . B per (batch, step, group)
   };
 
-  bool chunk_end(int64_t t) const { return (t + 1) % Q == 0 || t == L - 1; }
-  // gy = s * dy before the gate (gate = silu(z) when z).
-  void gate_grad(int64_t r, const T* dy, T s, T* gate, T* gy) const {
-    if (z) {
-      silu_row(z + r, gate, P);
-      for (int64_t p = 0; p < P; ++p) gy[p] = s * dy[r + p] * gate[p];
-    } else {
-      for (int64_t p = 0; p < P; ++p) gy[p] = s * dy[r + p];
+  // Into L2: the rows of x, dy and z of chunk c for heads [h0, h1).
+  void prefetch_rows(int64_t b, int64_t c, int64_t h0, int64_t h1, const T* dy) const {
+    const int64_t t0 = c * Q, t1 = std::min(L, t0 + Q);
+    for (const T* base : {x, dy, z}) {
+      if (!base) continue;
+      for (int64_t t = t0; t < t1; ++t) {
+        const char* q0 = reinterpret_cast<const char*>(base + xrow(b, t, h0));
+        const char* q1 = reinterpret_cast<const char*>(base + xrow(b, t, h1));
+        for (; q0 < q1; q0 += 64) __builtin_prefetch(q0, 0, 2);
+      }
     }
   }
 
-  void backward_head(int64_t b, int64_t h, BwdScratch& sc, const BwdOut& o) const {
-    const int64_t g = h / hpg;
-    const T Ah = A[h], Dh = D ? D[h] : T(0);
-    T *S = sc.S.get(), *Gs = sc.Gs.get(), *bp = sc.bp.get(), *cp = sc.cp.get();
-    T *out = sc.out.get(), *w = sc.w.get(), *gy = sc.gy.get(), *xs = sc.xs.get();
-    T *xr = sc.xr.get(), *u = sc.u.get(), *dxr = sc.dxr.get(), *gate = sc.gate.get();
-    T* ckpt = sc.ckpt.get();
-    const int64_t state = P * Np;
-
-    // Pass 1 (forward in time): states, dC, the C . dC part of E, checkpoints.
-    std::fill(S, S + state, T(0));
-    if (init)
-      for (int64_t p = 0; p < P; ++p)
-        std::memcpy(S + p * Np, init + srow(b, h) + p * N, N * sizeof(T));
-    const Schedule& sd = sc.sched;
-    schedule(b, h, sc.sched);
-    struct Step1 {
-      T *xs, *gy, *out, *bp, *cp;
-      const T *bt, *ct;
-    };
-    Step1 st1[kGroup];
-    for (int i = 0; i < kGroup; ++i)
-      st1[i] = {sc.xs1.get() + i * Pp,
-                sc.gy1.get() + i * Pp,
-                sc.out1.get() + i * Np,
-                sc.bp1.get() + i * Np,
-                sc.cp1.get() + i * Np,
-                nullptr,
-                nullptr};
-    auto pre1 = [&](int64_t t, Step1& u1) {
-      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
-      if (t + kPrefetchSteps < L) {
-        const int64_t ra = xrow(b, t + kPrefetchSteps, h);
-        prefetch_row(x + ra, P, false);
-        prefetch_row(o.dy + ra, P, false);
-        prefetch_row(z ? z + ra : nullptr, P, false);
-        const int64_t rba = bcrow(b, t + kPrefetchSteps, g);
-        prefetch_row(o.dC + rba, N, true);
-      }
-      const T in_scale = sd.in_scale[t];
-      const T* xt = x + r;
-      for (int64_t p = 0; p < P; ++p) u1.xs[p] = in_scale * xt[p];
-      gate_grad(r, o.dy, T(1), gate, u1.gy);
-      u1.bt = padded(Bm + rb, u1.bp, N, Np);
-      u1.ct = padded(Cm + rb, u1.cp, N, Np);
-    };
-    auto post1 = [&](int64_t t, const Step1& u1) {
-      const int64_t rb = bcrow(b, t, g);
-      const T scale = sd.scale[t];
-      // dC = S_t^T dy = (a S_{t-1})^T dy + B (X . dy); E gets (C dy^T) . (a S_{t-1})
-      const T xdy = scale * dot_t(u1.xs, u1.gy);
-      T* dC = o.dC + rb;
-      for (int64_t n = 0; n < N; ++n) dC[n] += scale * u1.out[n] + u1.bt[n] * xdy;
-      sc.E[t] = scale * dot_d(u1.ct, u1.out, Np);
-      if (chunk_end(t)) {
-        std::memcpy(ckpt + (t / Q) * state, S, state * sizeof(T));
-        sc.ck_scale[t / Q] = scale;
-      }
-    };
-    for (int64_t t = 0; t < L;) {
-      int cnt = 1;  // steps in this group: up to kGroup, ending at a checkpoint at the latest
-      while (cnt < kGroup && t + cnt < L && !chunk_end(t + cnt - 1)) ++cnt;
-      Steps st;
-      for (int i = 0; i < cnt; ++i) {
-        pre1(t + i, st1[i]);
-        st.b[i] = st1[i].bt;
-        st.xs[i] = st1[i].xs;
-        st.gy[i] = st1[i].gy;
-        st.out[i] = st1[i].out;
-        st.m[i] = sd.m[t + i];
-      }
-      sweep1_any(S, st, cnt);
-      for (int i = 0; i < cnt; ++i) post1(t + i, st1[i]);
-      t += cnt;
+  // Chunk c of batch b for group g: rows of B and C, B^T and CB; the group sums start at zero.
+  void start_chunk_group(int64_t b, int64_t c, int64_t g, BwdScratch& w) const {
+    const Transpose<T>& tr = Transpose<T>::get();
+    const int64_t t0 = c * Q, nq = std::min(Q, L - t0), Qp = w.Qp, qv = Qp / W;
+    T *Bp = w.Bp.get() + g * Qp * Np, *Cp = w.Cp.get() + g * Qp * Np;
+    T *BT = w.BT.get() + g * Np * Qp, *CB = w.CB.get() + g * Qp * Qp;
+    std::fill(Bp, Bp + Qp * Np, T(0));
+    std::fill(Cp, Cp + Qp * Np, T(0));
+    for (int64_t t = 0; t < nq; ++t) {
+      std::memcpy(Bp + t * Np, Bm + bcrow(b, t0 + t, g), N * sizeof(T));
+      std::memcpy(Cp + t * Np, Cm + bcrow(b, t0 + t, g), N * sizeof(T));
     }
+    tr.matrix(Bp, Np, Qp, Np, BT, Qp);
+    // C . B in double for f32: it can cancel, and it weighs the pairs behind dt and A
+    if constexpr (sizeof(T) == 4) {
+      double *Cd = w.Cd.get(), *BTd = w.BTd.get(), *CBd = w.CBd.get();
+      for (int64_t i = 0; i < Qp * Np; ++i) {
+        Cd[i] = Cp[i];
+        BTd[i] = BT[i];
+      }
+      Ssd<double>::gemm(Cd, Np, Qp, BTd, Qp, Qp / WD, Np, CBd, Qp, false,
+                        Ssd<double>::Tri::kLowerV);
+      for (int64_t i = 0; i < Qp * Qp; ++i) CB[i] = static_cast<T>(CBd[i]);
+    } else {
+      gemm(Cp, Np, Qp, BT, Qp, qv, Np, CB, Qp, false, Tri::kLowerV);
+    }
+    for (int64_t t = 0; t < Qp; ++t) std::fill(CB + t * Qp + t, CB + (t + 1) * Qp, T(0));
+    std::fill(w.Ksum.get() + g * Qp * Qp, w.Ksum.get() + (g + 1) * Qp * Qp, T(0));
+    std::fill(w.dCr.get() + g * Qp * Np, w.dCr.get() + (g + 1) * Qp * Np, T(0));
+    std::fill(w.dBr.get() + g * Qp * Np, w.dBr.get() + (g + 1) * Qp * Np, T(0));
+  }
+  // The group's K sums into dC and dB, and the chunk's rows into this slot's accumulators.
+  void finish_chunk_group(int64_t b, int64_t c, int64_t g, BwdScratch& w, const BwdOut& o) const {
+    const Transpose<T>& tr = Transpose<T>::get();
+    const int64_t t0 = c * Q, nq = std::min(Q, L - t0), Qp = w.Qp, nv = Np / W;
+    const T *Bp = w.Bp.get() + g * Qp * Np, *Cp = w.Cp.get() + g * Qp * Np;
+    const T* Ksum = w.Ksum.get() + g * Qp * Qp;
+    T *dCr = w.dCr.get() + g * Qp * Np, *dBr = w.dBr.get() + g * Qp * Np, *KsT = w.Kt.get();
+    gemm(Ksum, Qp, Qp, Bp, Np, nv, Qp, dCr, Np, true, Tri::kLowerK);  // sum_{s <= t} K_ts B_s
+    tr.matrix(Ksum, Qp, Qp, Qp, KsT, Qp);
+    gemm(KsT, Qp, Qp, Cp, Np, nv, Qp, dBr, Np, true, Tri::kUpperK);  // sum_{s >= t} K_st C_s
+    for (int64_t t = 0; t < nq; ++t) {
+      T* dc = o.dC + bcrow(b, t0 + t, g);
+      T* db = o.dB + bcrow(b, t0 + t, g);
+      for (int64_t n = 0; n < N; ++n) {
+        dc[n] += dCr[t * Np + n];
+        db[n] += dBr[t * Np + n];
+      }
+    }
+  }
 
-    // Pass 2 (reverse): G, dB, dx, dz, and the sums for dt, A, D, dt_bias.
-    std::fill(Gs, Gs + state, T(0));
+  // Hn of (b, h) before its last chunk: the final state's gradient.
+  void start_head(int64_t b, int64_t h, T* Hn, const BwdOut& o) const {
+    std::fill(Hn, Hn + Pp * Np, T(0));
     if (o.dfin)
       for (int64_t p = 0; p < P; ++p)
-        std::memcpy(Gs + p * Np, o.dfin + srow(b, h) + p * N, N * sizeof(T));
-    {
-      T gs = 1, an = 1;  // G_{t+1} = gs * G'; an = a_{t+1}
-      for (int64_t t = L - 1; t >= 0; --t) {
-        sc.gm[t] = rescale(gs, an);  // the gradient entering S_t is gs * m * G'
-        sc.gscale[t] = gs;
-        an = sd.a[t];
-      }
-      for (int64_t t = 0; t < L; ++t) sc.inv_gscale[t] = T(1) / sc.gscale[t];
+        std::memcpy(Hn + p * Np, o.dfin + srow(b, h) + p * N, N * sizeof(T));
+  }
+
+  // Chunk c of (b, h): Hn in, the previous chunk's Hn out; sums += dA, dD, dt_bias.
+  void backward_chunk(int64_t b, int64_t c, int64_t h, T* Hn, double* sums, BwdScratch& w,
+                      const BwdOut& o) const {
+    const Transpose<T>& tr = Transpose<T>::get();
+    const int64_t g = h / hpg, t0 = c * Q, nq = std::min(Q, L - t0);
+    const int64_t Qp = w.Qp, qv = Qp / W, nv = Np / W;
+    const T Ah = A[h], Dh = D ? D[h] : T(0);
+    const T *Cp = w.Cp.get() + g * Qp * Np, *BT = w.BT.get() + g * Np * Qp;
+    const T* CB = w.CB.get() + g * Qp * Qp;
+    T *Ksum = w.Ksum.get() + g * Qp * Qp, *dCr = w.dCr.get() + g * Qp * Np;
+    T* dBr = w.dBr.get() + g * Qp * Np;
+    T *gy = w.gy.get(), *gys = w.gys.get(), *gysT = w.gysT.get(), *xr = w.xr.get();
+    T *xT = w.xT.get(), *xw = w.xw.get(), *Yh = w.Yh.get(), *Kt = w.Kt.get(), *Mt = w.Mt.get();
+    T *M = w.M.get(), *UT = w.UT.get(), *U = w.U.get(), *wr = w.wr.get();
+    T *al = w.al.get(), *be = w.be.get(), *dl = w.dl.get();
+    const T* S0 = o.states + stidx(b, c, h);
+
+    // decays
+    double run = 0;
+    for (int64_t t = 0; t < Qp; ++t) {
+      dl[t] = t < nq ? d_all[(b * L + t0 + t) * H + h] : T(0);
+      run += static_cast<double>(dl[t]) * Ah;
+      w.lc[t] = run;
     }
-    double run = 0, dA = 0, dD = 0, dbias = 0;
-    struct Step2 {
-      T *xs, *gy, *out, *w, *bp, *cp, *xr;
-      const T *bt, *ct, *xv;
-    };
-    Step2 st2[2] = {{xs, gy, out, w, bp, cp, xr, nullptr, nullptr, nullptr},
-                    {sc.xs2.get(), sc.gy2.get(), sc.out2.get(), w + wstride(), sc.bp2.get(),
-                     sc.cp2.get(), sc.xr2.get(), nullptr, nullptr, nullptr}};
-    auto pre2 = [&](int64_t t, Step2& v2) {
-      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
-      if (t >= kPrefetchSteps) {
-        const int64_t ra = xrow(b, t - kPrefetchSteps, h);
-        prefetch_row(x + ra, P, false);
-        prefetch_row(o.dy + ra, P, false);
-        prefetch_row(o.dx + ra, P, true);
-        prefetch_row(z ? z + ra : nullptr, P, false);
-        prefetch_row(o.y_pre ? o.y_pre + ra : nullptr, P, false);
-        prefetch_row(o.dz ? o.dz + ra : nullptr, P, true);
-        const int64_t rba = bcrow(b, t - kPrefetchSteps, g);
-        prefetch_row(o.dB + rba, N, true);
-      }
-      const T d = sd.d[t];
-      v2.xv = padded(x + r, v2.xr, P, Pp);
-      for (int64_t p = 0; p < P; ++p) v2.xs[p] = d * v2.xv[p];
-      gate_grad(r, o.dy, sc.inv_gscale[t], gate, v2.gy);
-      v2.bt = padded(Bm + rb, v2.bp, N, Np);
-      v2.ct = padded(Cm + rb, v2.cp, N, Np);
-    };
-    auto check2 = [&](int64_t t) {
-      if (chunk_end(t)) {
-        const double hs = dot_blocked(Gs, ckpt + (t / Q) * state, state);
-        sc.E[t] += static_cast<double>(sc.gscale[t]) * sc.gm[t] * sc.ck_scale[t / Q] * hs;
-        run = 0;
-      }
-    };
-    auto post2 = [&](int64_t t, const Step2& v2) {
-      const int64_t r = xrow(b, t, h), rb = bcrow(b, t, g);
-      const T d = sd.d[t], gscale = sc.gscale[t];
-      const T *xs_ = v2.xs, *gy_ = v2.gy, *out_ = v2.out, *bt = v2.bt, *ct = v2.ct, *xv = v2.xv;
-      // G_t = H_t + C dy^T: dB = H^T X + C (dy . X); u = H B + dy (C . B); E loses H . (B X^T)
-      const T gx = gscale * dot_t(gy_, xs_);
-      T* dB = o.dB + rb;
-      for (int64_t n = 0; n < N; ++n) dB[n] += gscale * out_[n] + ct[n] * gx;
-      const double hbx = gscale * dot_d(bt, out_, Np);
-      row_sums(v2.w, u);
-      const T cb = o.cb[(b * L + t) * G + g];
-      for (int64_t p = 0; p < P; ++p) u[p] += gy_[p] * cb;
-      // dx = d u + D dy; q = x . u (also sums for D), over padded rows
-      const Vec du = bcast(d * gscale), dD_v = bcast(Dh * gscale);
-      Vec qv{}, dDv{};
-      T* dxt = P == Pp ? o.dx + r : dxr;
+    for (int64_t t = 0; t < Qp; ++t) {
+      al[t] = static_cast<T>(w.lc[t]);
+      be[t] = static_cast<T>(w.lc[nq - 1] - w.lc[t]);
+    }
+    exp_row(al, Qp);
+    exp_row(be, Qp);
+    // rows: gy, x, alpha gy, X beta, dz (rows past nq stay zero). x and (without z) gy are read
+    // in place, H P apart, when their rows are whole vectors and the chunk is whole.
+    const bool whole = P == Pp && nq == Qp;
+    const T* xv = whole ? x + xrow(b, t0, h) : xr;
+    const T* gv = whole && !z ? o.dy + xrow(b, t0, h) : gy;
+    const int64_t xs = whole ? H * P : Pp, gs = whole && !z ? H * P : Pp;
+    if (!whole) {
+      std::fill(gy + nq * Pp, gy + Qp * Pp, T(0));
+      std::fill(gys + nq * Pp, gys + Qp * Pp, T(0));
+      std::fill(xr + nq * Pp, xr + Qp * Pp, T(0));
+      std::fill(xw + nq * Pp, xw + Qp * Pp, T(0));
+    }
+    for (int64_t t = 0; t < nq; ++t) {
+      const int64_t r = xrow(b, t0 + t, h);
+      if (gv == gy) gate_grad(r, o.dy, w.gate.get(), gy + t * Pp);
+      if (xv == xr) std::memcpy(xr + t * Pp, x + r, P * sizeof(T));
+      const Vec at = bcast(al[t]), xsc = bcast(dl[t] * be[t]);
       for (int64_t p = 0; p < Pp; p += W) {
-        const Vec uv = load(u + p), gv = load(gy_ + p), xp = load(xv + p);
-        store(dxt + p, du * uv + dD_v * gv);
-        qv += xp * uv;
-        dDv += xp * gv;
+        store(gys + t * Pp + p, load(gv + t * gs + p) * at);
+        store(xw + t * Pp + p, load(xv + t * xs + p) * xsc);
       }
-      if (dxt != o.dx + r) std::memcpy(o.dx + r, dxr, P * sizeof(T));
-      const double q = static_cast<double>(gscale) * hsum(qv);
-      dD += static_cast<double>(gscale) * hsum(dDv);
       if (o.dz) {
-        dsilu_row(z + r, gate, P);
-        for (int64_t p = 0; p < P; ++p) o.dz[r + p] = o.dy[r + p] * o.y_pre[r + p] * gate[p];
-      }
-      run += sc.E[t] - hbx;
-      const double ddelta = Ah * run + q;
-      dA += d * run;
-      const double draw = ddelta * sd.dd[t];
-      o.ddt[(b * L + t) * H + h] = static_cast<T>(draw);
-      dbias += draw;
-    };
-    for (int64_t t = L - 1; t >= 0;) {
-      const bool pair = t >= 1 && !chunk_end(t - 1);
-      pre2(t, st2[0]);
-      check2(t);
-      if (pair) {
-        pre2(t - 1, st2[1]);
-        const T m0 = sc.gm[t], m1 = sc.gm[t - 1];
-        const Step2 &a0 = st2[0], &a1 = st2[1];
-        if (m0 == T(1) && m1 == T(1))
-          bwd_pair2<false>(Gs, a0.bt, a0.ct, a1.bt, a1.ct, m0, m1, a0.xs, a1.xs, a0.gy, a1.gy,
-                           a0.out, a1.out, a0.w, a1.w);
-        else
-          bwd_pair2<true>(Gs, a0.bt, a0.ct, a1.bt, a1.ct, m0, m1, a0.xs, a1.xs, a0.gy, a1.gy,
-                          a0.out, a1.out, a0.w, a1.w);
-        post2(t, a0);
-        post2(t - 1, a1);
-        t -= 2;
-      } else {
-        const Step2& a0 = st2[0];
-        bwd2_step(Gs, a0.bt, a0.ct, sc.gm[t], a0.xs, a0.gy, a0.out, a0.w);
-        post2(t, a0);
-        t -= 1;
+        dsilu_row(z + r, w.gate.get(), P);
+        for (int64_t p = 0; p < P; ++p)
+          o.dz[r + p] = o.dy[r + p] * o.y_pre[r + p] * w.gate.get()[p];
       }
     }
-    if (o.dinit) {
-      const T f = L > 0 ? sd.a[0] * sc.gscale[0] : T(1);
-      for (int64_t p = 0; p < P; ++p)
-        for (int64_t n = 0; n < N; ++n) o.dinit[srow(b, h) + p * N + n] = f * Gs[p * Np + n];
+    tr.matrix(xv, xs, Qp, Pp, xT, Qp);
+    tr.matrix(gys, Pp, Qp, Pp, gysT, Qp);
+
+    // alpha_t S0^T gy_t: into dC, and E_t gets C_t . it
+    gemm(gys, Pp, Qp, S0, Np, nv, P, Yh, Np, false, Tri::kNone);
+    for (int64_t t = 0; t < nq; ++t) {
+      VecD e0{}, e1{};
+      T* dct = dCr + t * Np;
+      const T *yt = Yh + t * Np, *ct = Cp + t * Np;
+      for (int64_t n = 0; n < Np; n += W) {
+        const Vec yv = load(yt + n);
+        store(dct + n, load(dct + n) + yv);
+        to_double(load(ct + n) * yv, e0, e1);
+      }
+      w.e[t] = lane_sum(e0 + e1);
     }
-    o.dA[b * H + h] = dA;
-    o.dD[b * H + h] = dD;
-    o.dbias[b * H + h] = dbias;
+    // K_ts = w_ts d_s (gy_t . x_s) for s <= t into Ksum; the pairs K_ts (C_t . B_s), s < t, into
+    // E_t and Hx_s; Mt_ts = w_ts (C_t . B_s)
+    gemm(gv, gs, Qp, xT, Qp, qv, P, Kt, Qp, false, Tri::kLowerV);
+    std::fill(w.hx.begin(), w.hx.end(), 0.0);
+    for (int64_t t = 0; t < nq; ++t) {
+      const int64_t se = t / W * W + W;  // whole vectors up to column t
+      const double lt = w.lc[t];
+      for (int64_t s2 = 0; s2 < t; ++s2) wr[s2] = static_cast<T>(lt - w.lc[s2]);
+      exp_row(wr, se);
+      wr[t] = 1;
+      std::fill(wr + t + 1, wr + se, T(0));
+      const T *kt = Kt + t * Qp, *cbt = CB + t * Qp;
+      T *ks = Ksum + t * Qp, *mt = Mt + t * Qp;
+      VecD e0{}, e1{};
+      for (int64_t s2 = 0; s2 < se; s2 += W) {
+        const Vec wv = load(wr + s2), cv = load(cbt + s2);
+        const Vec kw = load(kt + s2) * load(dl + s2) * wv;
+        store(ks + s2, load(ks + s2) + kw);
+        store(mt + s2, wv * cv);
+        VecD lo, hi;
+        products_double(kw, cv, lo, hi);
+        e0 += lo;
+        e1 += hi;
+        double* hx = w.hx.data() + s2;
+        store_d(hx, load_d(hx) + lo);
+        if constexpr (sizeof(T) == 4) store_d(hx + WD, load_d(hx + WD) + hi);
+      }
+      std::fill(mt + se, mt + Qp, T(0));
+      w.e[t] += lane_sum(e0 + e1);
+    }
+    std::fill(Mt + nq * Qp, Mt + Qp * Qp, T(0));
+    tr.matrix(Mt, Qp, Qp, Qp, M, Qp);  // M_ts = w_st (C_s . B_t), s > t
+
+    // U_t = G_t B_t less the own step: beta_t Hn B_t (X_t . it is Hn's part of run), then
+    // the later steps of the chunk
+    gemm(Hn, Np, Pp, BT, Qp, qv, Np, UT, Qp, false, Tri::kNone);
+    tr.matrix(UT, Qp, Pp, Qp, U, Pp);
+    for (int64_t t = 0; t < nq; ++t) {
+      const Vec bt = bcast(be[t]);
+      VecD h0{}, h1{};
+      for (int64_t p = 0; p < Pp; p += W) {
+        const Vec uv = load(U + t * Pp + p) * bt;
+        store(U + t * Pp + p, uv);
+        to_double(uv * load(xv + t * xs + p), h0, h1);
+      }
+      w.hbx[t] = dl[t] * lane_sum(h0 + h1);
+    }
+    gemm(M, Qp, Qp, gv, gs, Pp / W, Qp, U, Pp, true, Tri::kUpperK);
+    // dx, and the dot products behind dt and D
+    for (int64_t t = 0; t < nq; ++t) {
+      const int64_t r = xrow(b, t0 + t, h);
+      const T cbt = o.cb[(b * L + t0 + t) * G + g], d = dl[t];
+      const Vec cbv = bcast(cbt), dv = bcast(d), Dv = bcast(Dh);
+      T* dxt = P == Pp ? o.dx + r : w.dxr.get();
+      VecD xu0{}, xu1{}, gx0{}, gx1{};
+      for (int64_t p = 0; p < Pp; p += W) {
+        const Vec uv = load(U + t * Pp + p), gq = load(gv + t * gs + p), xq = load(xv + t * xs + p);
+        store(dxt + p, dv * (uv + gq * cbv) + Dv * gq);
+        to_double(xq * uv, xu0, xu1);
+        to_double(xq * gq, gx0, gx1);
+      }
+      if (P != Pp) std::memcpy(o.dx + r, dxt, P * sizeof(T));
+      const double gx = lane_sum(gx0 + gx1);
+      w.q[t] = lane_sum(xu0 + xu1) + gx * cbt;
+      sums[1] += gx;
+    }
+    // dt, A and dt_bias
+    double before = static_cast<double>(al[nq - 1]) * dot_blocked(Hn, S0, P * Np);
+    for (int64_t t = 0; t < nq; ++t) {
+      const double v = w.hbx[t];
+      w.hbx[t] = before;
+      before += v;
+    }
+    double after = 0;
+    for (int64_t t = nq - 1; t >= 0; --t) {
+      const int64_t i = (b * L + t0 + t) * H + h;
+      after += w.e[t] - w.hx[t];
+      const double acc = after + w.hbx[t];
+      const double draw = (Ah * acc + w.q[t]) * dd_all[i];
+      sums[0] += dl[t] * acc;
+      o.ddt[i] = static_cast<T>(draw);
+      sums[2] += draw;
+    }
+    // dB from the later chunks: beta_t Hn^T X_t
+    gemm(xw, Pp, Qp, Hn, Np, nv, P, dBr, Np, true, Tri::kNone);
+    // Hn for the previous chunk
+    const Vec a1 = bcast(al[nq - 1]);
+    for (int64_t i = 0; i < P * Np; i += W) store(Hn + i, load(Hn + i) * a1);
+    gemm(gysT, Qp, Pp, Cp, Np, nv, Qp, Hn, Np, true, Tri::kNone);
   }
 };
 
@@ -1029,52 +990,61 @@ struct Deltas {
 };
 
 template <class T>
-void run_forward(const SsdScanInputs& in, const SsdScanForward& f) {
+void run_forward(const SsdScanInputs& in, const SsdScanForward& f, Tensor* states = nullptr) {
   Ssd<T> k(in);
   const Deltas<T> deltas(k);
   T* y = f.y.data_ptr<T>();
   T* y_pre = mut_or_null<T>(f.y_pre);
   T* fin = mut_or_null<T>(f.final_state);
-  if (k.L == 1) {
+  if (k.L == 1 && !states) {
     parallel_for(0, k.batch * k.H, 4, [&](int64_t i0, int64_t i1) {
       Scratch<T> gate(k.Pp);
       for (int64_t i = i0; i < i1; ++i) k.step_head(i / k.H, i % k.H, gate.get(), y, y_pre, fin);
     });
     return;
   }
+  T* st = nullptr;
+  if (states) {
+    *states = empty({k.batch, k.nchunks(), k.H, k.state_block()}, Options(in.x.dtype()));
+    st = states->data_ptr<T>();
+  }
   parallel_for(0, k.batch * k.H, 1, [&](int64_t i0, int64_t i1) {
-    Scratch<T> S(k.N * k.Pp), xs(k.Pp), ys(k.Pp), gate(k.Pp);
+    Scratch<T> S(k.Np * k.Pp), xs(k.Pp), ys(k.Pp), gate(k.Pp);
     typename Ssd<T>::Schedule sc(k.L);
     for (int64_t i = i0; i < i1; ++i)
-      k.forward_head(i / k.H, i % k.H, sc, S.get(), xs.get(), ys.get(), gate.get(), y, y_pre, fin);
+      k.forward_head(i / k.H, i % k.H, sc, S.get(), xs.get(), ys.get(), gate.get(), y, y_pre, fin,
+                     st);
   });
 }
 
 template <class T>
 void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
   Ssd<T> k(in);
+  // The states at chunk starts, as the forward kept them or recomputed now.
+  Tensor states = bw.states;
+  if (!states.defined()) {
+    SsdScanForward f;
+    f.y = empty(in.x.sizes(), Options(in.x.dtype()));
+    run_forward<T>(in, f, &states);
+  }
+  COIL_CHECK(states.numel() == k.batch * k.nchunks() * k.H * k.state_block(),
+             "ssd_scan backward: kept states do not match the inputs");
   const Deltas<T> deltas(k);
   const int64_t pairs = k.batch * k.H;
   const int64_t bc = k.batch * k.L * k.G * k.N;
-  // dB, dC sum over the heads of a group: with several heads per group each slot (one per
-  // thread) accumulates into its own buffer, reduced at the end; otherwise heads own their rows.
-  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), pairs));
-  const bool shared = k.hpg > 1 && slots > 1;
   T* dB = bw.dB.data_ptr<T>();
   T* dC = bw.dC.data_ptr<T>();
-  Scratch<T> extra(shared ? (slots - 1) * 2 * bc : 0, false);
-  // The accumulators start at zero, cleared in parallel (they are megabytes at long L).
+  // Each slot (one per thread) takes a contiguous range of (batch, head) pairs; dB and dC sum
+  // over the heads of a group: the first slot adds into them, the others into buffers of their
+  // own, added at the end.
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), pairs));
+  Scratch<T> extra((slots - 1) * 2 * bc);
   parallel_for(0, bc, 1 << 16, [&](int64_t e0, int64_t e1) {
     std::fill(dB + e0, dB + e1, T(0));
     std::fill(dC + e0, dC + e1, T(0));
-    for (int64_t s = 0; shared && s + 1 < slots; ++s) {
-      T* ex = extra.get() + s * 2 * bc;
-      std::fill(ex + e0, ex + e1, T(0));
-      std::fill(ex + bc + e0, ex + bc + e1, T(0));
-    }
   });
-  // C . B of every (batch, step, group), shared by the group's heads; summed in double, as it
-  // can cancel and scales every head's dt gradient.
+  // C . B of every (batch, step, group) in double, as it can cancel and scales every head's dt
+  // gradient.
   std::vector<T> cb(static_cast<size_t>(k.batch * k.L * k.G));
   parallel_for(0, k.batch * k.L * k.G, 1024, [&](int64_t r0, int64_t r1) {
     Scratch<T> pb(k.Np), pc(k.Np);
@@ -1084,28 +1054,50 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
       cb[r] = static_cast<T>(dot_d(ct, bt, k.Np));
     }
   });
-  std::vector<double> dA(pairs), dD(pairs), dbias(pairs);
+  std::vector<double> sums(3 * pairs);
   parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
-    typename Ssd<T>::BwdScratch sc(k);
+    typename Ssd<T>::BwdScratch w(k);
     for (int64_t s = s0; s < s1; ++s) {
       typename Ssd<T>::BwdOut o;
       o.dx = bw.dx.data_ptr<T>();
       o.ddt = bw.ddt.data_ptr<T>();
-      o.dB = shared && s > 0 ? extra.get() + (s - 1) * 2 * bc : dB;
-      o.dC = shared && s > 0 ? extra.get() + (s - 1) * 2 * bc + bc : dC;
       o.dz = mut_or_null<T>(bw.dz);
       o.dinit = mut_or_null<T>(bw.dinitial_state);
+      o.dB = s > 0 ? extra.get() + (s - 1) * 2 * bc : dB;
+      o.dC = s > 0 ? extra.get() + (s - 1) * 2 * bc + bc : dC;
       o.y_pre = ptr_or_null<T>(bw.y_pre);
       o.dy = bw.dy.data_ptr<T>();
       o.dfin = ptr_or_null<T>(bw.dfinal_state);
+      o.states = states.data_ptr<T>();
       o.cb = cb.data();
-      o.dA = dA.data();
-      o.dD = dD.data();
-      o.dbias = dbias.data();
-      for (int64_t i = s; i < pairs; i += slots) k.backward_head(i / k.H, i % k.H, sc, o);
+      // Chunk by chunk in reverse, the slot's heads inner: a chunk's rows of B, C, dB and dC
+      // are reused across heads, its rows of x, dy and z are fetched a chunk ahead, and each
+      // head's Hn stays in cache.
+      const int64_t p0 = s * pairs / slots, p1 = (s + 1) * pairs / slots;
+      for (int64_t b = p1 > p0 ? p0 / k.H : 0; p1 > p0 && b <= (p1 - 1) / k.H; ++b) {
+        const int64_t h0 = std::max(p0, b * k.H) - b * k.H;
+        const int64_t h1 = std::min(p1, (b + 1) * k.H) - b * k.H;
+        const int64_t g0 = h0 / k.hpg, g1 = (h1 - 1) / k.hpg + 1;
+        const int64_t hn_size = k.Pp * k.Np;
+        Scratch<T> hn((h1 - h0) * hn_size, false);
+        for (int64_t h = h0; h < h1; ++h) k.start_head(b, h, hn.get() + (h - h0) * hn_size, o);
+        for (int64_t c = k.nchunks() - 1; c >= 0; --c) {
+          if (c > 0) k.prefetch_rows(b, c - 1, h0, h1, o.dy);
+          for (int64_t g = g0; g < g1; ++g) k.start_chunk_group(b, c, g, w);
+          for (int64_t h = h0; h < h1; ++h)
+            k.backward_chunk(b, c, h, hn.get() + (h - h0) * hn_size, &sums[3 * (b * k.H + h)], w,
+                             o);
+          for (int64_t g = g0; g < g1; ++g) k.finish_chunk_group(b, c, g, w, o);
+        }
+        if (o.dinit)
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t p = 0; p < k.P; ++p)
+              std::memcpy(o.dinit + k.srow(b, h) + p * k.N,
+                          hn.get() + (h - h0) * hn_size + p * k.Np, k.N * sizeof(T));
+      }
     }
   });
-  if (shared) {
+  if (slots > 1) {
     const T* ex = extra.get();
     parallel_for(0, bc, 4096, [&](int64_t e0, int64_t e1) {
       for (int64_t s = 1; s < slots; ++s) {
@@ -1124,9 +1116,9 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
   for (int64_t h = 0; h < k.H; ++h) {
     double sa = 0, sd = 0, sb = 0;
     for (int64_t b = 0; b < k.batch; ++b) {
-      sa += dA[b * k.H + h];
-      sd += dD[b * k.H + h];
-      sb += dbias[b * k.H + h];
+      sa += sums[3 * (b * k.H + h)];
+      sd += sums[3 * (b * k.H + h) + 1];
+      sb += sums[3 * (b * k.H + h) + 2];
     }
     gA[h] = static_cast<T>(sa);
     if (gD) gD[h] = static_cast<T>(sd);
@@ -1141,10 +1133,10 @@ void ssd_scan_kernel(const SsdScanInputs& in, const SsdScanForward* fwd,
   const DType t = in.x.dtype();
   COIL_CHECK(t == kF32 || t == kF64, "ssd_scan kernel: unsupported dtype ", t);
   if (t == kF32) {
-    if (fwd) run_forward<float>(in, *fwd);
+    if (fwd) run_forward<float>(in, *fwd, fwd->keep_states ? &fwd->states : nullptr);
     if (bwd) run_backward<float>(in, *bwd);
   } else {
-    if (fwd) run_forward<double>(in, *fwd);
+    if (fwd) run_forward<double>(in, *fwd, fwd->keep_states ? &fwd->states : nullptr);
     if (bwd) run_backward<double>(in, *bwd);
   }
 }

@@ -227,6 +227,25 @@ TEST_SUITE("ops.scan") {
         {x2, w2});
   }
 
+  TEST_CASE("causal_conv1d of an empty sequence passes the window's gradient through") {
+    // (a context-parallel rank can hold no tokens: its window's gradient was left unwritten)
+    for (DType t : {kF32, kF64}) {
+      Tensor w = ct::rnd({5, 4}, t).requires_grad_(), win = ct::rnd({2, 3, 5}, t).requires_grad_();
+      CausalConv1dOptions o;
+      o.initial_window = win;
+      o.return_final_window = true;
+      auto [y, fin] = causal_conv1d(zeros({2, 0, 5}, t).requires_grad_(), w, o);
+      CHECK(y.size(1) == 0);
+      Tensor g = ct::rnd({2, 3, 5}, t);
+      std::vector<Tensor> junk;  // freed blocks of NaN that the backward may reuse
+      for (int i = 0; i < 64; ++i) junk.push_back(full({2, 3, 5}, NAN, t));
+      junk.clear();
+      ((fin * g).sum() + y.sum()).backward();  // y.sum() runs the conv's backward
+      ct::check_close(win.grad(), ct::vals(g), 0, 0, "window gradient");
+      ct::check_close(w.grad(), std::vector<double>(20, 0.0), 0, 0, "weight gradient");
+    }
+  }
+
   TEST_CASE("causal_conv1d float32 gradients match float64: strips, row blocks, K, windows") {
     // The f32 backward has a fused kernel for K <= 4 (16-channel strips plus single-channel
     // tails, blocks of 128 rows); K = 5 takes the general loops. Same values in both dtypes.

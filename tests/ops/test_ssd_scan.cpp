@@ -478,6 +478,22 @@ TEST_SUITE("ops.ssd_scan") {
     CHECK(ct::vals(fin) == ct::vals(o.initial_state));
   }
 
+  TEST_CASE("no heads or no batch: the backward writes zeros and divides by nothing") {
+    // (a rank of a head-sharded scan can hold no heads)
+    for (const Shape& xs : {Shape{2, 5, 0, 3}, Shape{0, 5, 2, 3}}) {
+      const int64_t b = xs[0], H = xs[2];
+      Tensor x = ct::rnd(xs, kF32).requires_grad_(), dt = ct::rnd({b, 5, H}, kF32).requires_grad_();
+      Tensor A = (-ones({H})).requires_grad_();
+      Tensor B = ct::rnd({b, 5, 1, 4}, kF32).requires_grad_(),
+             C = ct::rnd({b, 5, 1, 4}, kF32).requires_grad_();
+      Tensor y = ssd_scan(x, dt, A, B, C, 4).first;
+      (y.sum() + B.sum() * 0 + C.sum() * 0).backward();
+      CHECK(ct::vals(B.grad()) == std::vector<double>(B.numel(), 0.0));
+      CHECK(ct::vals(C.grad()) == std::vector<double>(C.numel(), 0.0));
+      CHECK(x.grad().sizes() == xs);
+    }
+  }
+
   TEST_CASE("bad inputs name the op and the argument") {
     Tensor x = zeros({2, 5, 4, 3}), dt = zeros({2, 5, 4}), A = zeros({4});
     Tensor B = zeros({2, 5, 2, 6}), C = zeros({2, 5, 2, 6});
