@@ -172,27 +172,6 @@ void to_double(V v, VecD& lo, VecD& hi) {
   }
 }
 
-// The lane products of a and b, exact in double (a float times a float fits a double), into lo
-// and hi (hi stays zero for double).
-template <class V>
-void products_double(V a, V b, VecD& lo, VecD& hi) {
-  if constexpr (sizeof(a[0]) == 4) {
-    HalfF a0, a1, b0, b1;
-    std::memcpy(&a0, &a, sizeof(a0));
-    std::memcpy(&a1, reinterpret_cast<const char*>(&a) + sizeof(a0), sizeof(a1));
-    std::memcpy(&b0, &b, sizeof(b0));
-    std::memcpy(&b1, reinterpret_cast<const char*>(&b) + sizeof(b0), sizeof(b1));
-    lo = __builtin_convertvector(a0, VecD) * __builtin_convertvector(b0, VecD);
-    hi = __builtin_convertvector(a1, VecD) * __builtin_convertvector(b1, VecD);
-  } else {
-    VecD x, y;
-    std::memcpy(&x, &a, sizeof(x));
-    std::memcpy(&y, &b, sizeof(y));
-    lo = x * y;
-    hi = VecD{};
-  }
-}
-
 // W x W tiles transposed in registers (log2 W levels of two-vector shuffles, W per level), and
 // whole matrices of such tiles.
 template <class T>
@@ -603,31 +582,56 @@ struct Ssd {
   //   alpha_{t1} Hn . S0,  sum_{s >= t} alpha_s C_s . (S0^T gy_s),  sum_{u < t} beta_u X_u . Hn
   //   B_u, and the pairs sum_{s >= t > u} K_su (C_s . B_u)
   // (no term cancels another; the pairs are summed as E_s = sum_{u < s} minus
-  // Hx_u = sum_{s > u}, of the same products exact in double, so that only pairs crossing t
-  // remain), then dL/dd_t = A run_t + x_t . G_t B_t and dL/dA += d_t run_t.
+  // Hx_u = sum_{s > u} of the same float products, in double, so that only pairs crossing t
+  // remain: two computations of a pair would differ in rounding, which this difference would
+  // magnify), then dL/dd_t = A run_t + x_t . G_t B_t and dL/dA += d_t run_t.
   // S0^T gy, Hn B, Hn^T X and Hn's update are [P x N] x [N x Q]-sized products: 4 P N
   // multiply-adds a step against 5 P N for the recurrence (which recomputes the states), as
   // matrix products; the products with B and C that do not involve a state are done once per
   // group of heads, not per head.
   static int64_t round_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-  // C[r][v] (+)= sum_k A[r][k] Bm[k][v] on a tile of 4 rows x TV vectors.
+  // acc[r][v] += sum_k A[r][k] Bm[k][v] on a tile of 4 rows x TV vectors.
   template <int TV>
-  static void gemm_tile(const T* a, int64_t as, const T* bm, int64_t bs, int64_t K, T* c,
-                        int64_t cs, bool accumulate) {
-    constexpr int R = 4;
-    Vec acc[R][TV];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < TV; ++v) acc[r][v] = accumulate ? load(c + r * cs + v * W) : Vec{};
+  static void tile_product(const T* a, int64_t as, const T* bm, int64_t bs, int64_t K,
+                           Vec (&acc)[4][TV]) {
     for (int64_t k = 0; k < K; ++k) {
       Vec bv[TV];
       for (int v = 0; v < TV; ++v) bv[v] = load(bm + k * bs + v * W);
-      for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < 4; ++r) {
         const Vec av = bcast(a[r * as + k]);
         for (int v = 0; v < TV; ++v) acc[r][v] += av * bv[v];
       }
     }
-    for (int r = 0; r < R; ++r)
+  }
+  // C[r][v] (+)= sum_k A[r][k] Bm[k][v] on a tile of 4 rows x TV vectors.
+  template <int TV>
+  static void gemm_tile(const T* a, int64_t as, const T* bm, int64_t bs, int64_t K, T* c,
+                        int64_t cs, bool accumulate) {
+    Vec acc[4][TV];
+    for (int r = 0; r < 4; ++r)
+      for (int v = 0; v < TV; ++v) acc[r][v] = accumulate ? load(c + r * cs + v * W) : Vec{};
+    tile_product<TV>(a, as, bm, bs, K, acc);
+    for (int r = 0; r < 4; ++r)
       for (int v = 0; v < TV; ++v) store(c + r * cs + v * W, acc[r][v]);
+  }
+  // Y = A Bm (rows x nvec vectors, nvec a multiple of 4) added to D, and e[r] = (row r of Cm) .
+  // (row r of Y): Y never goes to memory.
+  static void gemm_add_dot(const T* a, int64_t as, int64_t rows, const T* bm, int64_t bs,
+                           int64_t nvec, int64_t K, T* d, const T* cm, int64_t ds, double* e) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      Vec ev[4] = {};
+      for (int64_t v0 = 0; v0 < nvec; v0 += 4) {
+        Vec acc[4][4] = {};
+        tile_product<4>(a + r0 * as, as, bm + v0 * W, bs, K, acc);
+        for (int r = 0; r < 4; ++r)
+          for (int v = 0; v < 4; ++v) {
+            T* dp = d + (r0 + r) * ds + (v0 + v) * W;
+            store(dp, load(dp) + acc[r][v]);
+            ev[r] += load(cm + (r0 + r) * ds + (v0 + v) * W) * acc[r][v];
+          }
+      }
+      for (int r = 0; r < 4; ++r) e[r0 + r] = static_cast<double>(hsum(ev[r]));
+    }
   }
   // C (+)= A Bm for rows (a multiple of 4) x nvec vectors. kLowerK: row tile r0 sums k < r0 + 4
   // only; kUpperK: k >= r0 only; kLowerV: row tile r0 computes the vectors up to column r0 + 3.
@@ -827,6 +831,12 @@ struct Ssd {
     T *M = w.M.get(), *UT = w.UT.get(), *U = w.U.get(), *wr = w.wr.get();
     T *al = w.al.get(), *be = w.be.get(), *dl = w.dl.get();
     const T* S0 = o.states + stidx(b, c, h);
+    {  // the next head's kept state (written around the caches) into L2 while this one computes
+      const char* p0 = reinterpret_cast<const char*>(S0 + state_block());
+      const char* p1 = reinterpret_cast<const char*>(S0 + 2 * state_block());
+      if (h + 1 < H)
+        for (; p0 < p1; p0 += 64) __builtin_prefetch(p0, 0, 2);
+    }
 
     // decays
     double run = 0;
@@ -872,17 +882,21 @@ struct Ssd {
     tr.matrix(gys, Pp, Qp, Pp, gysT, Qp);
 
     // alpha_t S0^T gy_t: into dC, and E_t gets C_t . it
-    gemm(gys, Pp, Qp, S0, Np, nv, P, Yh, Np, false, Tri::kNone);
-    for (int64_t t = 0; t < nq; ++t) {
-      VecD e0{}, e1{};
-      T* dct = dCr + t * Np;
-      const T *yt = Yh + t * Np, *ct = Cp + t * Np;
-      for (int64_t n = 0; n < Np; n += W) {
-        const Vec yv = load(yt + n);
-        store(dct + n, load(dct + n) + yv);
-        to_double(load(ct + n) * yv, e0, e1);
+    if (nv % 4 == 0) {
+      gemm_add_dot(gys, Pp, Qp, S0, Np, nv, P, dCr, Cp, Np, w.e.data());
+    } else {
+      gemm(gys, Pp, Qp, S0, Np, nv, P, Yh, Np, false, Tri::kNone);
+      for (int64_t t = 0; t < nq; ++t) {
+        Vec ev{};
+        T* dct = dCr + t * Np;
+        const T *yt = Yh + t * Np, *ct = Cp + t * Np;
+        for (int64_t n = 0; n < Np; n += W) {
+          const Vec yv = load(yt + n);
+          store(dct + n, load(dct + n) + yv);
+          ev += load(ct + n) * yv;
+        }
+        w.e[t] = hsum(ev);
       }
-      w.e[t] = lane_sum(e0 + e1);
     }
     // K_ts = w_ts d_s (gy_t . x_s) for s <= t into Ksum; the pairs K_ts (C_t . B_s), s < t, into
     // E_t and Hx_s; Mt_ts = w_ts (C_t . B_s)
@@ -903,8 +917,8 @@ struct Ssd {
         const Vec kw = load(kt + s2) * load(dl + s2) * wv;
         store(ks + s2, load(ks + s2) + kw);
         store(mt + s2, wv * cv);
-        VecD lo, hi;
-        products_double(kw, cv, lo, hi);
+        VecD lo{}, hi{};
+        to_double(kw * cv, lo, hi);
         e0 += lo;
         e1 += hi;
         double* hx = w.hx.data() + s2;
