@@ -955,7 +955,8 @@ struct Ssd {
       VecD xu0{}, xu1{}, gx0{}, gx1{};
       for (int64_t p = 0; p < Pp; p += W) {
         const Vec uv = load(U + t * Pp + p), gq = load(gv + t * gs + p), xq = load(xv + t * xs + p);
-        store(dxt + p, dv * (uv + gq * cbv) + Dv * gq);
+        const Vec dxv = dv * (uv + gq * cbv) + Dv * gq;
+        if (!Transpose<T>::store_stream(dxt + p, dxv)) store(dxt + p, dxv);  // read much later
         to_double(xq * uv, xu0, xu1);
         to_double(xq * gq, gx0, gx1);
       }
@@ -1103,6 +1104,7 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
                              o);
           for (int64_t g = g0; g < g1; ++g) k.finish_chunk_group(b, c, g, w, o);
         }
+        Transpose<T>::stream_fence();
         if (o.dinit)
           for (int64_t h = h0; h < h1; ++h)
             for (int64_t p = 0; p < k.P; ++p)
