@@ -937,13 +937,13 @@ struct Ssd {
     tr.matrix(UT, Qp, Pp, Qp, U, Pp);
     for (int64_t t = 0; t < nq; ++t) {
       const Vec bt = bcast(be[t]);
-      VecD h0{}, h1{};
+      Vec hv{};
       for (int64_t p = 0; p < Pp; p += W) {
         const Vec uv = load(U + t * Pp + p) * bt;
         store(U + t * Pp + p, uv);
-        to_double(uv * load(xv + t * xs + p), h0, h1);
+        hv += uv * load(xv + t * xs + p);
       }
-      w.hbx[t] = dl[t] * lane_sum(h0 + h1);
+      w.hbx[t] = static_cast<double>(dl[t]) * hsum(hv);
     }
     gemm(M, Qp, Qp, gv, gs, Pp / W, Qp, U, Pp, true, Tri::kUpperK);
     // dx, and the dot products behind dt and D
@@ -952,17 +952,17 @@ struct Ssd {
       const T cbt = o.cb[(b * L + t0 + t) * G + g], d = dl[t];
       const Vec cbv = bcast(cbt), dv = bcast(d), Dv = bcast(Dh);
       T* dxt = P == Pp ? o.dx + r : w.dxr.get();
-      VecD xu0{}, xu1{}, gx0{}, gx1{};
+      Vec xu{}, gxv{};  // dot products of P terms with nothing to cancel: f32 sums
       for (int64_t p = 0; p < Pp; p += W) {
         const Vec uv = load(U + t * Pp + p), gq = load(gv + t * gs + p), xq = load(xv + t * xs + p);
         const Vec dxv = dv * (uv + gq * cbv) + Dv * gq;
         if (!Transpose<T>::store_stream(dxt + p, dxv)) store(dxt + p, dxv);  // read much later
-        to_double(xq * uv, xu0, xu1);
-        to_double(xq * gq, gx0, gx1);
+        xu += xq * uv;
+        gxv += xq * gq;
       }
       if (P != Pp) std::memcpy(o.dx + r, dxt, P * sizeof(T));
-      const double gx = lane_sum(gx0 + gx1);
-      w.q[t] = lane_sum(xu0 + xu1) + gx * cbt;
+      const double gx = hsum(gxv);
+      w.q[t] = static_cast<double>(hsum(xu)) + gx * cbt;
       sums[1] += gx;
     }
     // dt, A and dt_bias
