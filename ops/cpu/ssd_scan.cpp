@@ -670,6 +670,17 @@ struct Ssd {
     else
       for (int64_t i = 0; i < n; ++i) v[i] = std::exp(v[i]);
   }
+  // Lane masks for the vector holding a row's diagonal: below[k] keeps lanes < k, at[k] is 1 at k.
+  struct DiagMasks {
+    Vec below[W], at[W];
+    DiagMasks() {
+      for (int k = 0; k < W; ++k)
+        for (int l = 0; l < W; ++l) {
+          below[k][l] = l < k ? T(1) : T(0);
+          at[k][l] = l == k ? T(1) : T(0);
+        }
+    }
+  };
   // Steps of a chunk rounded up to whole vectors (and to 4 rows).
   int64_t qpad() const { return round_to(Q, std::max(4, W)); }
 
@@ -831,12 +842,6 @@ struct Ssd {
     T *M = w.M.get(), *UT = w.UT.get(), *U = w.U.get(), *wr = w.wr.get();
     T *al = w.al.get(), *be = w.be.get(), *dl = w.dl.get();
     const T* S0 = o.states + stidx(b, c, h);
-    {  // the next head's kept state (written around the caches) into L2 while this one computes
-      const char* p0 = reinterpret_cast<const char*>(S0 + state_block());
-      const char* p1 = reinterpret_cast<const char*>(S0 + 2 * state_block());
-      if (h + 1 < H)
-        for (; p0 < p1; p0 += 64) __builtin_prefetch(p0, 0, 2);
-    }
 
     // decays
     double run = 0;
@@ -901,14 +906,22 @@ struct Ssd {
     // K_ts = w_ts d_s (gy_t . x_s) for s <= t into Ksum; the pairs K_ts (C_t . B_s), s < t, into
     // E_t and Hx_s; Mt_ts = w_ts (C_t . B_s)
     gemm(gv, gs, Qp, xT, Qp, qv, P, Kt, Qp, false, Tri::kLowerV);
+    for (int64_t i = 0; i < Qp * Qp; i += W) store(Mt + i, Vec{});
     std::fill(w.hx.begin(), w.hx.end(), 0.0);
     for (int64_t t = 0; t < nq; ++t) {
       const int64_t se = t / W * W + W;  // whole vectors up to column t
-      const double lt = w.lc[t];
-      for (int64_t s2 = 0; s2 < t; ++s2) wr[s2] = static_cast<T>(lt - w.lc[s2]);
+      const VecD lt = w.lc[t] - VecD{};
+      for (int64_t s2 = 0; s2 < se; s2 += WD) {  // differences in double, then f32
+        typedef T HalfT __attribute__((vector_size(WD * sizeof(T))));
+        const HalfT d = __builtin_convertvector(lt - load_d(w.lc.data() + s2), HalfT);
+        std::memcpy(wr + s2, &d, sizeof(d));
+      }
       exp_row(wr, se);
-      wr[t] = 1;
-      std::fill(wr + t + 1, wr + se, T(0));
+      {  // the vector holding column t: keep the lanes before it, 1 at it, 0 past it
+        static const DiagMasks m;
+        const int64_t s0 = se - W;
+        store(wr + s0, load(wr + s0) * m.below[t - s0] + m.at[t - s0]);
+      }
       const T *kt = Kt + t * Qp, *cbt = CB + t * Qp;
       T *ks = Ksum + t * Qp, *mt = Mt + t * Qp;
       VecD e0{}, e1{};
@@ -925,10 +938,8 @@ struct Ssd {
         store_d(hx, load_d(hx) + lo);
         if constexpr (sizeof(T) == 4) store_d(hx + WD, load_d(hx + WD) + hi);
       }
-      std::fill(mt + se, mt + Qp, T(0));
       w.e[t] += lane_sum(e0 + e1);
     }
-    std::fill(Mt + nq * Qp, Mt + Qp * Qp, T(0));
     tr.matrix(Mt, Qp, Qp, Qp, M, Qp);  // M_ts = w_st (C_s . B_t), s > t
 
     // U_t = G_t B_t less the own step: beta_t Hn B_t (X_t . it is Hn's part of run), then
