@@ -754,19 +754,6 @@ struct Ssd {
     const T* cb;  // C . B per (batch, step, group)
   };
 
-  // Into L2: the rows of x, dy and z of chunk c for heads [h0, h1).
-  void prefetch_rows(int64_t b, int64_t c, int64_t h0, int64_t h1, const T* dy) const {
-    const int64_t t0 = c * Q, t1 = std::min(L, t0 + Q);
-    for (const T* base : {x, dy, z}) {
-      if (!base) continue;
-      for (int64_t t = t0; t < t1; ++t) {
-        const char* q0 = reinterpret_cast<const char*>(base + xrow(b, t, h0));
-        const char* q1 = reinterpret_cast<const char*>(base + xrow(b, t, h1));
-        for (; q0 < q1; q0 += 64) __builtin_prefetch(q0, 0, 2);
-      }
-    }
-  }
-
   // Chunk c of batch b for group g: rows of B and C, B^T and CB; the group sums start at zero.
   void start_chunk_group(int64_t b, int64_t c, int64_t g, BwdScratch& w) const {
     const Transpose<T>& tr = Transpose<T>::get();
@@ -1097,8 +1084,7 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
       o.states = states.data_ptr<T>();
       o.cb = cb.data();
       // Chunk by chunk in reverse, the slot's heads inner: a chunk's rows of B, C, dB and dC
-      // are reused across heads, its rows of x, dy and z are fetched a chunk ahead, and each
-      // head's Hn stays in cache.
+      // are reused across heads, and each head's Hn stays in cache.
       const int64_t p0 = s * pairs / slots, p1 = (s + 1) * pairs / slots;
       for (int64_t b = p1 > p0 ? p0 / k.H : 0; p1 > p0 && b <= (p1 - 1) / k.H; ++b) {
         const int64_t h0 = std::max(p0, b * k.H) - b * k.H;
@@ -1108,7 +1094,6 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
         Scratch<T> hn((h1 - h0) * hn_size, false);
         for (int64_t h = h0; h < h1; ++h) k.start_head(b, h, hn.get() + (h - h0) * hn_size, o);
         for (int64_t c = k.nchunks() - 1; c >= 0; --c) {
-          if (c > 0) k.prefetch_rows(b, c - 1, h0, h1, o.dy);
           for (int64_t g = g0; g < g1; ++g) k.start_chunk_group(b, c, g, w);
           for (int64_t h = h0; h < h1; ++h)
             k.backward_chunk(b, c, h, hn.get() + (h - h0) * hn_size, &sums[3 * (b * k.H + h)], w,
