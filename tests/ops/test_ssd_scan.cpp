@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "../../ops/cpu/kernels.h"
 #include "test_util.h"
 
 using namespace coil;
@@ -476,6 +477,50 @@ TEST_SUITE("ops.ssd_scan") {
     auto [y, fin] = ssd_scan(x, dt, A, B, B, 4, o);
     CHECK(y.sizes() == Shape{2, 0, 2, 3});
     CHECK(ct::vals(fin) == ct::vals(o.initial_state));
+  }
+
+  TEST_CASE("the CPU backward recomputes the states a forward did not keep, to the bit") {
+    for (DType t : {kF32, kF64}) {
+      SsdScanInputs in;
+      in.x = ct::rnd({2, 150, 2, 16}, t);  // three chunks of the backward, the last short
+      in.dt = ct::rnd({2, 150, 2}, t, -2, 1);
+      in.A = ct::rnd({2}, t, -1.5, -0.1);
+      in.B = ct::rnd({2, 150, 1, 8}, t);
+      in.C = ct::rnd({2, 150, 1, 8}, t);
+      in.D = ct::rnd({2}, t);
+      in.z = ct::rnd({2, 150, 2, 16}, t);
+      in.dt_bias = ct::rnd({2}, t);
+      in.initial_state = ct::rnd({2, 2, 16, 8}, t);
+      in.dt_softplus = true;
+      SsdScanForward f;
+      f.y = empty(in.x.sizes(), t);
+      f.y_pre = empty(in.x.sizes(), t);
+      f.keep_states = true;
+      cpu::ssd_scan_kernel(in, &f, nullptr);
+      REQUIRE(f.states.defined());
+      std::vector<std::vector<double>> got[2];
+      for (int keep = 0; keep < 2; ++keep) {
+        SsdScanBackward b;
+        b.y_pre = f.y_pre;
+        if (keep) b.states = f.states;
+        for (Tensor* g : {&b.dx, &b.dz}) *g = empty(in.x.sizes(), t);
+        b.ddt = empty(in.dt.sizes(), t);
+        b.dA = empty({2}, t);
+        b.dD = empty({2}, t);
+        b.ddt_bias = empty({2}, t);
+        b.dB = empty(in.B.sizes(), t);
+        b.dC = empty(in.C.sizes(), t);
+        b.dinitial_state = empty({2, 2, 16, 8}, t);
+        manual_seed(5);  // the same dy and dfinal_state both times
+        b.dy = ct::rnd(in.x.sizes(), t);
+        b.dfinal_state = ct::rnd({2, 2, 16, 8}, t);
+        cpu::ssd_scan_kernel(in, nullptr, &b);
+        for (const Tensor& g :
+             {b.dx, b.ddt, b.dA, b.dB, b.dC, b.dD, b.dz, b.ddt_bias, b.dinitial_state})
+          got[keep].push_back(ct::vals(g));
+      }
+      for (size_t i = 0; i < got[0].size(); ++i) CHECK(got[0][i] == got[1][i]);
+    }
   }
 
   TEST_CASE("no heads or no batch: the backward writes zeros and divides by nothing") {
