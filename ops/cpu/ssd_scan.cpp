@@ -670,15 +670,28 @@ struct Ssd {
     else
       for (int64_t i = 0; i < n; ++i) v[i] = std::exp(v[i]);
   }
-  // Lane masks for the vector holding a row's diagonal: below[k] keeps lanes < k, at[k] is 1 at k.
+  // Lane masks for the vector holding a row's diagonal: keep the lanes before it, 1 at it, 0 past.
+  // Bitwise, as the lanes past the diagonal may hold inf (exp of a positive difference).
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Bits;
+  typedef Bits VecB __attribute__((vector_size(sizeof(Vec))));
   struct DiagMasks {
-    Vec below[W], at[W];
+    VecB below[W], at[W];  // below[k]: all ones in lanes < k; at[k]: the bits of 1 in lane k
     DiagMasks() {
+      Bits one;
+      const T v1 = 1;
+      std::memcpy(&one, &v1, sizeof(one));
       for (int k = 0; k < W; ++k)
         for (int l = 0; l < W; ++l) {
-          below[k][l] = l < k ? T(1) : T(0);
-          at[k][l] = l == k ? T(1) : T(0);
+          below[k][l] = l < k ? Bits(-1) : Bits(0);
+          at[k][l] = l == k ? one : Bits(0);
         }
+    }
+    Vec apply(Vec v, int64_t k) const {
+      VecB b;
+      std::memcpy(&b, &v, sizeof(b));
+      b = (b & below[k]) | at[k];
+      std::memcpy(&v, &b, sizeof(v));
+      return v;
     }
   };
   // Steps of a chunk rounded up to whole vectors (and to 4 rows).
@@ -907,7 +920,7 @@ struct Ssd {
       {  // the vector holding column t: keep the lanes before it, 1 at it, 0 past it
         static const DiagMasks m;
         const int64_t s0 = se - W;
-        store(wr + s0, load(wr + s0) * m.below[t - s0] + m.at[t - s0]);
+        store(wr + s0, m.apply(load(wr + s0), t - s0));
       }
       const T *kt = Kt + t * Qp, *cbt = CB + t * Qp;
       T *ks = Ksum + t * Qp, *mt = Mt + t * Qp;
