@@ -39,7 +39,9 @@ std::pair<Tensor, Tensor> selective_scan(const Tensor& u, const Tensor& delta, c
 // initial_state / final_state: (batch, heads, headdim, N).
 //   d_t = softplus(dt_t + dt_bias) (if dt_softplus);  h_t = exp(d_t A_h) h_{t-1} + d_t x_t B_t^T
 //   y_t = h_t C_t + D_h x_t;  y_t *= silu(z_t) if z
-// chunk_size picks the chunking of the computation only; results do not depend on it.
+// chunk_size picks the chunking of the computation only; results do not depend on it (the CPU
+// kernels use their own: 64 steps). When it records gradients, the CPU forward keeps the state
+// every 64 steps for the backward: (L / 64) x heads x headdim x N values per sequence.
 struct SsdScanOptions {
   Tensor D, z, dt_bias, initial_state;
   bool dt_softplus = false;

@@ -1064,10 +1064,12 @@ void run_backward(const SsdScanInputs& in, const SsdScanBackward& bw) {
   // over the heads of a group: the first slot adds into them, the others into buffers of their
   // own, added at the end.
   const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), pairs));
-  Scratch<T> extra((slots - 1) * 2 * bc);
-  parallel_for(0, bc, 1 << 16, [&](int64_t e0, int64_t e1) {
+  Scratch<T> extra((slots - 1) * 2 * bc, false);
+  parallel_for(0, bc, 1 << 16, [&](int64_t e0, int64_t e1) {  // every accumulator starts at 0
     std::fill(dB + e0, dB + e1, T(0));
     std::fill(dC + e0, dC + e1, T(0));
+    for (int64_t i = 0; i < (slots - 1) * 2; ++i)
+      std::fill(extra.get() + i * bc + e0, extra.get() + i * bc + e1, T(0));
   });
   // C . B of every (batch, step, group) in double, as it can cancel and scales every head's dt
   // gradient.
