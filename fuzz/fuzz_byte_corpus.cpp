@@ -27,10 +27,7 @@ void write_seeds(const std::string& dir) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   fuzz::init_common();
-  if (const std::string dir = fuzz::seed_dir(); !dir.empty()) {
-    write_seeds(dir);
-    std::exit(0);
-  }
+  fuzz::write_seeds_if_asked(write_seeds);
   file_path = fuzz::temp_dir() + "/text";
   dir_path = fuzz::temp_dir() + "/texts";
   return 0;

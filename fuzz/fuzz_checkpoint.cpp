@@ -50,10 +50,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   std::string text(256, '\0');
   for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>((i * 7) % 16);
   fuzz::write_file(corpus_path, text);
-  if (const std::string dir = fuzz::seed_dir(); !dir.empty()) {
-    write_seeds(dir);
-    std::exit(0);
-  }
+  fuzz::write_seeds_if_asked(write_seeds);
   path = fuzz::temp_dir() + "/checkpoint.safetensors";
   saved_path = fuzz::temp_dir() + "/saved.safetensors";
   return 0;

@@ -74,10 +74,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   fuzz::init_common();
   dir = fuzz::temp_dir() + "/dcp";
   write_shards(dir);
-  if (const std::string seeds = fuzz::seed_dir(); !seeds.empty()) {
-    write_seeds(seeds);
-    std::exit(0);
-  }
+  fuzz::write_seeds_if_asked(write_seeds);
   return 0;
 }
 

@@ -57,6 +57,15 @@ inline std::string seed_dir() {
   return d;
 }
 
+// Seed mode: when COIL_FUZZ_WRITE_SEEDS is set, write the target's seeds there and exit.
+template <class F>
+void write_seeds_if_asked(const F& write_seeds) {
+  if (const std::string dir = seed_dir(); !dir.empty()) {
+    write_seeds(dir);
+    std::exit(0);
+  }
+}
+
 // A fuzzer uses one core: the machine is shared, and libFuzzer runs one input at a time.
 inline void init_common() { set_num_threads(1); }
 

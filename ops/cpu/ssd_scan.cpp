@@ -614,21 +614,44 @@ struct Ssd {
     for (int r = 0; r < 4; ++r)
       for (int v = 0; v < TV; ++v) store(c + r * cs + v * W, acc[r][v]);
   }
-  // Y = A Bm (rows x nvec vectors, nvec a multiple of 4) added to D, and e[r] = (row r of Cm) .
-  // (row r of Y): Y never goes to memory.
+  // One 4 x TV tile of gemm_add_dot: D += Y, ev[r] += (row r of Cm) . (row r of Y).
+  template <int TV>
+  static void add_dot_tile(const T* a, int64_t as, const T* bm, int64_t bs, int64_t K, T* d,
+                           const T* cm, int64_t ds, Vec (&ev)[4]) {
+    Vec acc[4][TV] = {};
+    tile_product<TV>(a, as, bm, bs, K, acc);
+    for (int r = 0; r < 4; ++r)
+      for (int v = 0; v < TV; ++v) {
+        T* dp = d + r * ds + v * W;
+        store(dp, load(dp) + acc[r][v]);
+        ev[r] += load(cm + r * ds + v * W) * acc[r][v];
+      }
+  }
+  // Y = A Bm (rows x nvec vectors) added to D, and e[r] = (row r of Cm) . (row r of Y): Y never
+  // goes to memory.
   static void gemm_add_dot(const T* a, int64_t as, int64_t rows, const T* bm, int64_t bs,
                            int64_t nvec, int64_t K, T* d, const T* cm, int64_t ds, double* e) {
     for (int64_t r0 = 0; r0 < rows; r0 += 4) {
       Vec ev[4] = {};
       for (int64_t v0 = 0; v0 < nvec; v0 += 4) {
-        Vec acc[4][4] = {};
-        tile_product<4>(a + r0 * as, as, bm + v0 * W, bs, K, acc);
-        for (int r = 0; r < 4; ++r)
-          for (int v = 0; v < 4; ++v) {
-            T* dp = d + (r0 + r) * ds + (v0 + v) * W;
-            store(dp, load(dp) + acc[r][v]);
-            ev[r] += load(cm + (r0 + r) * ds + (v0 + v) * W) * acc[r][v];
-          }
+        const T* ap = a + r0 * as;
+        const T* bp = bm + v0 * W;
+        T* dp = d + r0 * ds + v0 * W;
+        const T* cp = cm + r0 * ds + v0 * W;
+        switch (std::min<int64_t>(4, nvec - v0)) {
+          case 1:
+            add_dot_tile<1>(ap, as, bp, bs, K, dp, cp, ds, ev);
+            break;
+          case 2:
+            add_dot_tile<2>(ap, as, bp, bs, K, dp, cp, ds, ev);
+            break;
+          case 3:
+            add_dot_tile<3>(ap, as, bp, bs, K, dp, cp, ds, ev);
+            break;
+          default:
+            add_dot_tile<4>(ap, as, bp, bs, K, dp, cp, ds, ev);
+            break;
+        }
       }
       for (int r = 0; r < 4; ++r) e[r0 + r] = static_cast<double>(hsum(ev[r]));
     }
@@ -720,7 +743,7 @@ struct Ssd {
   struct BwdScratch {
     int64_t Qp;
     Scratch<T> Bp, Cp, BT, CB, Ksum, dCr, dBr;  // [G] of each
-    Scratch<T> gy, gys, gysT, xr, xT, xw, Yh, Kt, Mt, M, UT, U, wr, al, be, dl, gate, dxr;
+    Scratch<T> gy, gys, gysT, xr, xT, xw, Kt, Mt, M, UT, U, wr, al, be, dl, gate, dxr;
     std::vector<double> lc, q, hbx, e, hx;
     Scratch<double> Cd, BTd, CBd;  // f32's C . B in double
     explicit BwdScratch(const Ssd& k)
@@ -738,7 +761,6 @@ struct Ssd {
           xr(Qp * k.Pp),
           xT(k.Pp * Qp),
           xw(Qp * k.Pp),
-          Yh(Qp * k.Np),
           Kt(Qp * Qp),
           Mt(Qp * Qp),
           M(Qp * Qp),
@@ -838,7 +860,7 @@ struct Ssd {
     T *Ksum = w.Ksum.get() + g * Qp * Qp, *dCr = w.dCr.get() + g * Qp * Np;
     T* dBr = w.dBr.get() + g * Qp * Np;
     T *gy = w.gy.get(), *gys = w.gys.get(), *gysT = w.gysT.get(), *xr = w.xr.get();
-    T *xT = w.xT.get(), *xw = w.xw.get(), *Yh = w.Yh.get(), *Kt = w.Kt.get(), *Mt = w.Mt.get();
+    T *xT = w.xT.get(), *xw = w.xw.get(), *Kt = w.Kt.get(), *Mt = w.Mt.get();
     T *M = w.M.get(), *UT = w.UT.get(), *U = w.U.get(), *wr = w.wr.get();
     T *al = w.al.get(), *be = w.be.get(), *dl = w.dl.get();
     const T* S0 = o.states + stidx(b, c, h);
@@ -887,22 +909,7 @@ struct Ssd {
     tr.matrix(gys, Pp, Qp, Pp, gysT, Qp);
 
     // alpha_t S0^T gy_t: into dC, and E_t gets C_t . it
-    if (nv % 4 == 0) {
-      gemm_add_dot(gys, Pp, Qp, S0, Np, nv, P, dCr, Cp, Np, w.e.data());
-    } else {
-      gemm(gys, Pp, Qp, S0, Np, nv, P, Yh, Np, false, Tri::kNone);
-      for (int64_t t = 0; t < nq; ++t) {
-        Vec ev{};
-        T* dct = dCr + t * Np;
-        const T *yt = Yh + t * Np, *ct = Cp + t * Np;
-        for (int64_t n = 0; n < Np; n += W) {
-          const Vec yv = load(yt + n);
-          store(dct + n, load(dct + n) + yv);
-          ev += load(ct + n) * yv;
-        }
-        w.e[t] = hsum(ev);
-      }
-    }
+    gemm_add_dot(gys, Pp, Qp, S0, Np, nv, P, dCr, Cp, Np, w.e.data());
     // K_ts = w_ts d_s (gy_t . x_s) for s <= t into Ksum; the pairs K_ts (C_t . B_s), s < t, into
     // E_t and Hx_s; Mt_ts = w_ts (C_t . B_s)
     gemm(gv, gs, Qp, xT, Qp, qv, P, Kt, Qp, false, Tri::kLowerV);
