@@ -126,6 +126,21 @@ void launch_selective_scan_fast_forward(const ScanArgs& a, void* y, void* final_
 void launch_selective_scan_fast_backward(const ScanArgs& a, const void* checkpoints,
                                          const ScanGrads& g, cudaStream_t s);
 
+// ---- ssd_scan in chunked matrix form (ssd_chunked.cuh), f32, any N and headdim: a ScanArgs of
+// ssd_scan (pdiv = headdim, a_per_state false). Scratch in floats: step_floats for each of dd and
+// lc, state_floats for states (the state entering every 64-step chunk, which the forward leaves
+// for the backward) and for the backward's gbuf; gy: batch * L * dim floats when z.
+int64_t ssd_chunked_step_floats(const ScanArgs& a);
+int64_t ssd_chunked_state_floats(const ScanArgs& a);
+// Forward: states always; y (skipped when null), y_pre and final_state may be null.
+void launch_ssd_chunked_forward(const ScanArgs& a, float* dd, float* lc, float* states, void* y,
+                                void* y_pre, void* final_state, cudaStream_t s);
+// Backward from the forward's states; ScanGrads as launch_scan_backward's with y_pre (needed when
+// z): dB, dC, dA, dD, dbias zero on entry; du, ddelta, dz, dinit written whole.
+void launch_ssd_chunked_backward(const ScanArgs& a, const float* states, const void* y_pre,
+                                 const ScanGrads& g, float* dd, float* lc, float* gbuf, float* gy,
+                                 cudaStream_t s);
+
 // ---- depthwise causal conv, channel-last: x, y, dy, dx (B, L, C); w (C, K); window (B, K-1, C)
 void launch_conv_forward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, void* y,
                          const void* x, const void* w, const void* bias, const void* window,

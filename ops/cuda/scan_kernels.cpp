@@ -2,6 +2,9 @@
 // ssd_scan map onto one diagonal recurrence (launch.h's ScanArgs), causal_conv1d onto its own
 // kernels. Same signatures and results as ops/cpu/selective_scan.cpp, ssd_scan.cpp and
 // causal_conv.cpp.
+#include <algorithm>
+#include <climits>
+
 #include "host.h"
 
 namespace coil::cuda {
@@ -133,13 +136,68 @@ void selective_scan_backward_kernel(const SelectiveScanInputs& in, const Tensor&
   after_launch("selective_scan backward kernel");
 }
 
+// f32 scratch of n floats on like's device
+Tensor floats(int64_t n, const Tensor& like) {
+  return empty({std::max<int64_t>(n, 1)}, Options(kF32, like.device()));
+}
+
+// ssd_scan in f32 takes the chunked kernels (products of small matrices per 64-step chunk); f64,
+// and sizes past their grid, the plain recurrence.
+bool ssd_chunked_fits(const ScanArgs& a, bool f64) {
+  const int64_t sites = a.batch * ((a.L + 63) / 64) * (a.dim / std::max<int64_t>(a.pdiv, 1));
+  return !f64 && sites > 0 && sites <= INT32_MAX && a.pdiv > 0 && a.N > 0;
+}
+
+void ssd_scan_chunked(const SsdScanInputs& in, const ScanArgs& a, const SsdScanForward* fwd,
+                      const SsdScanBackward* bwd) {
+  const int64_t steps = ssd_chunked_step_floats(a), state_n = ssd_chunked_state_floats(a);
+  Tensor dd = floats(steps, in.x), lc = floats(steps, in.x);
+  if (fwd) {
+    Tensor states = floats(state_n, in.x);
+    launch_ssd_chunked_forward(a, dd.data_ptr<float>(), lc.data_ptr<float>(),
+                               states.data_ptr<float>(), fwd->y.raw_data(), mut(fwd->y_pre),
+                               mut(fwd->final_state), stream());
+    after_launch("ssd_scan kernel");
+    if (fwd->keep_states) fwd->states = states;
+    return;
+  }
+  Tensor states = bwd->states;
+  if (!states.defined() || states.numel() != state_n || states.dtype() != kF32 ||
+      states.device() != in.x.device()) {  // no forward kept them: run it again for them
+    states = floats(state_n, in.x);
+    launch_ssd_chunked_forward(a, dd.data_ptr<float>(), lc.data_ptr<float>(),
+                               states.data_ptr<float>(), nullptr, nullptr, nullptr, stream());
+  }
+  ScanGrads sg;
+  sg.dy = bwd->dy.raw_data();
+  sg.dfinal = ptr(bwd->dfinal_state);
+  sg.du = bwd->dx.raw_data();
+  sg.ddelta = bwd->ddt.raw_data();
+  for (const Tensor* t : {&bwd->dA, &bwd->dB, &bwd->dC, &bwd->dD, &bwd->ddt_bias})
+    if (t->defined()) fill(*t, 0);
+  sg.dA = bwd->dA.raw_data();
+  sg.dB = bwd->dB.raw_data();
+  sg.dC = bwd->dC.raw_data();
+  sg.dD = mut(bwd->dD);
+  sg.dbias = mut(bwd->ddt_bias);
+  sg.dz = mut(bwd->dz);
+  sg.dinit = mut(bwd->dinitial_state);
+  Tensor gbuf = floats(state_n, in.x);
+  Tensor gy = in.z.defined() ? floats(in.x.numel(), in.x) : Tensor();
+  launch_ssd_chunked_backward(a, states.data_ptr<float>(), ptr(bwd->y_pre), sg,
+                              dd.data_ptr<float>(), lc.data_ptr<float>(), gbuf.data_ptr<float>(),
+                              gy.defined() ? gy.data_ptr<float>() : nullptr, stream());
+  after_launch("ssd_scan backward kernel");
+}
+
 void ssd_scan_kernel(const SsdScanInputs& in, const SsdScanForward* fwd,
                      const SsdScanBackward* bwd) {
   check_on_gpu("ssd_scan", {&in.x, &in.dt});
-  check_n(in.B.size(3), "ssd_scan");
   DeviceGuard dg(in.x.device());
   const ScanArgs a = ssd_args(in);
   const bool f64 = in.x.dtype() == kF64;
+  if (ssd_chunked_fits(a, f64)) return ssd_scan_chunked(in, a, fwd, bwd);
+  check_n(in.B.size(3), "ssd_scan");
   if (fwd) {
     launch_scan_forward(f64, a, fwd->y.raw_data(), mut(fwd->y_pre), mut(fwd->final_state), nullptr,
                         stream());

@@ -1,0 +1,553 @@
+// ssd_scan (Mamba-2) on the GPU in chunked matrix form, f32: the state is materialised only at
+// chunk starts and everything within a chunk of kQ steps is a product of small matrices, as in
+// mamba_ssm's chunked SSD (ops/cpu/ssd_scan.cpp derives the same backward).
+//
+// Within a chunk (steps t, s < len), with l = d A, lc_t = l_0 + ... + l_t, alpha_t = exp(lc_t),
+// w_ts = exp(lc_t - lc_s) for s <= t, beta_s = w_{last,s}, X_s = d_s x_s and S0 the state
+// entering the chunk ([P][N] per head):
+//   y_t   = alpha_t S0 C_t + sum_{s <= t} w_ts (C_t . B_s) X_s + D x_t
+//   S_end = alpha_last S0 + sum_s beta_s X_s B_s^T
+// Forward: chunk_state (each chunk's own sum_s beta_s X_s B_s^T), state_pass (S0 of every chunk,
+// in place, and the final state), chunk_output (y). Backward, from gy = dL/dy_pre and G = dL/dS_end
+// (the next chunk's dL/dS0; dfinal for the last):
+//   dL/dS0 = alpha_last G + sum_t alpha_t gy_t C_t^T        (chunk_state and state_pass again)
+//   dX_s   = beta_s G B_s + sum_{t >= s} w_ts (C_t . B_s) gy_t,  dx = d dX + D gy
+//   dC_t   = alpha_t S0^T gy_t + sum_{s <= t} w_ts (gy_t . X_s) B_s
+//   dB_s   = beta_s G^T X_s + sum_{t >= s} w_ts (gy_t . X_s) C_t
+// and run_t = dL/dl_t is the sum of alpha_last G . S0, sum_{s >= t} alpha_s C_s . (S0^T gy_s),
+// sum_{u < t} beta_u X_u . (G B_u) and sum_{s >= t > u} w_su (C_s . B_u)(gy_s . X_u) (terms that
+// do not cancel), so dd_t = x_t . dX_t + A run_t and dA = sum d_t run_t.
+//
+// This file is CUDA source that also compiles as C++ for the CPU emulation of the tests
+// (tests/cuda/cuda_emu.h, included first): kernels use threadIdx/blockIdx, __shared__,
+// __syncthreads and atomicAdd only, and launch through COIL_SSD_LAUNCH.
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#define COIL_SSD_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#define COIL_SSD_DYNAMIC_SHARED(name) extern __shared__ double name##_raw[]
+#define COIL_UNROLL _Pragma("unroll")
+#else
+#define COIL_SSD_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::coil::emu::launch(kernel, grid, block, smem, __VA_ARGS__)
+#define COIL_SSD_DYNAMIC_SHARED(name) double* name##_raw = ::coil::emu::dynamic_shared()
+#define COIL_UNROLL
+#endif
+
+// Internal linkage: the test binary compiles this source for the CPU beside libcoil's own.
+namespace coil::cuda::ssd {
+namespace {
+
+constexpr int kQ = 64;          // steps per chunk
+constexpr int kThreads = 256;   // threads per block: a 16 x 16 grid, 4 x 4 outputs each
+constexpr int kTile = 64;       // rows and columns of a block's product tile
+constexpr int kDepth = 16;      // depth of a product staged in shared memory per round
+constexpr int kLd = kTile + 1;  // padded row of a tile in shared memory (no bank conflicts)
+
+// Operands as ops/cpu/kernels.h's SsdScanInputs, contiguous f32: x, z [batch][L][H][P], dt
+// [batch][L][H], A, D, dt_bias [H], B, C [batch][L][G][N], init [batch][H][P][N]; optional ones
+// null.
+struct Args {
+  int64_t batch = 0, L = 0, H = 0, P = 0, N = 0, G = 1;
+  bool softplus = false;
+  const float *x = nullptr, *dt = nullptr, *A = nullptr, *B = nullptr, *C = nullptr;
+  const float *D = nullptr, *z = nullptr, *dt_bias = nullptr, *init = nullptr;
+};
+// Backward outputs: dx, ddt, dz, dinit written whole (dz, dinit may be null); dB, dC, dA, dD,
+// ddt_bias summed into (zero on entry; dD, ddt_bias may be null).
+struct Grads {
+  const float *dy = nullptr, *dfinal = nullptr, *y_pre = nullptr;
+  float *dx = nullptr, *ddt = nullptr, *dz = nullptr, *dinit = nullptr;
+  float *dB = nullptr, *dC = nullptr, *dA = nullptr, *dD = nullptr, *ddt_bias = nullptr;
+};
+
+__host__ __device__ inline int64_t chunks(int64_t L) { return (L + kQ - 1) / kQ; }
+// Floats of scratch: per (batch, chunk, head) step values (d and lc, kQ each) and states [P][N].
+inline int64_t step_floats(const Args& a) { return a.batch * chunks(a.L) * a.H * kQ; }
+inline int64_t state_floats(const Args& a) { return a.batch * chunks(a.L) * a.H * a.P * a.N; }
+
+// A block's (batch, chunk, head) from blockIdx.x, and its chunk's rows.
+struct Site {
+  int64_t b, c, h, g, nc, t0;
+  int len;
+  __device__ __forceinline__ Site(const Args& a, int64_t bid) {
+    nc = chunks(a.L);
+    h = bid % a.H;
+    c = (bid / a.H) % nc;
+    b = bid / (a.H * nc);
+    g = h / (a.H / a.G);
+    t0 = c * kQ;
+    len = static_cast<int>(a.L - t0 < kQ ? a.L - t0 : kQ);
+  }
+  __device__ __forceinline__ int64_t step_row(const Args& a) const {  // (b, c, h) of d / lc
+    return (b * nc + c) * a.H + h;
+  }
+  // rows of the chunk's step q (q < len)
+  __device__ __forceinline__ int64_t x_row(const Args& a, int q) const {
+    return ((b * a.L + t0 + q) * a.H + h) * a.P;
+  }
+  __device__ __forceinline__ int64_t bc_row(const Args& a, int q) const {
+    return ((b * a.L + t0 + q) * a.G + g) * a.N;
+  }
+};
+
+__device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+// acc[i][j] += sum_{k < K} fa(r, k) fb(k, c) at the thread's rows r = ty + 16 i and columns
+// c = tx + 16 j of a 64 x 64 tile, staged through shared As, Bs (kDepth x kLd each). fa, fb return
+// 0 outside their operand. kAk / kBk: the operand is contiguous along k (else along r / c), so
+// that consecutive threads load neighbours.
+template <bool kAk, bool kBk, class FA, class FB>
+__device__ __forceinline__ void block_product(float (&acc)[4][4], int K, const FA& fa, const FB& fb,
+                                              float* As, float* Bs) {
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  for (int k0 = 0; k0 < K; k0 += kDepth) {
+    for (int e = tid; e < kDepth * kTile; e += kThreads) {
+      const int ka = kAk ? e % kDepth : e / kTile, ra = kAk ? e / kDepth : e % kTile;
+      As[ka * kLd + ra] = k0 + ka < K ? fa(ra, k0 + ka) : 0.0f;
+      const int kb = kBk ? e % kDepth : e / kTile, cb = kBk ? e / kDepth : e % kTile;
+      Bs[kb * kLd + cb] = k0 + kb < K ? fb(k0 + kb, cb) : 0.0f;
+    }
+    __syncthreads();
+    COIL_UNROLL
+    for (int k = 0; k < kDepth; ++k) {
+      float av[4], bv[4];
+      COIL_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        av[i] = As[k * kLd + ty + 16 * i];
+        bv[i] = Bs[k * kLd + tx + 16 * i];
+      }
+      COIL_UNROLL
+      for (int i = 0; i < 4; ++i) COIL_UNROLL
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+}
+
+__device__ __forceinline__ void zero(float (&acc)[4][4]) {
+  COIL_UNROLL
+  for (int i = 0; i < 4; ++i) COIL_UNROLL
+  for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+}
+
+// d = softplus(dt + bias) (or dt + bias) and lc (the running sum of d A within the chunk) of
+// every step, one thread per (batch, chunk, head); steps past L get d = 0 and repeat the last lc.
+__global__ void cumsum_kernel(Args a, float* dd, float* lc) {
+  const int64_t nc = chunks(a.L);
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= a.batch * nc * a.H) return;
+  const int64_t h = i % a.H, c = (i / a.H) % nc, b = i / (a.H * nc);
+  const int64_t t0 = c * kQ;
+  const float A = a.A[h], bias = a.dt_bias ? a.dt_bias[h] : 0.0f;
+  float run = 0.0f;
+  for (int q = 0; q < kQ; ++q) {
+    float d = 0.0f;
+    if (t0 + q < a.L) {
+      const float v = a.dt[(b * a.L + t0 + q) * a.H + h] + bias;
+      d = a.softplus && v <= 20.0f ? log1pf(expf(v)) : v;
+      run += d * A;
+    }
+    dd[i * kQ + q] = d;
+    lc[i * kQ + q] = run;
+  }
+}
+
+// out[b][c][h] ([P][N]) = sum_{q < len} coef_q U_q V_q^T, with U rows of [batch][L][H][P] and V
+// rows of [batch][L][G][N]: the forward's own end state (U = x, V = B, coef = beta d) when
+// to_end, else the backward's sum_t alpha_t gy_t C_t^T (U = gy, V = C). Grid: (batch * chunks *
+// H, P tiles * N tiles).
+__global__ void __launch_bounds__(kThreads)
+    chunk_state_kernel(Args a, const float* U, const float* V, bool to_end, const float* dd,
+                       const float* lc, float* out) {
+  __shared__ float As[kDepth * kLd], Bs[kDepth * kLd], coef[kQ];
+  const Site st(a, blockIdx.x);
+  const int64_t sr = st.step_row(a);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  if (tid < kQ) {
+    const float* l = lc + sr * kQ;
+    coef[tid] = tid >= st.len ? 0.0f
+                : to_end      ? expf(l[st.len - 1] - l[tid]) * dd[sr * kQ + tid]
+                              : expf(l[tid]);
+  }
+  __syncthreads();
+  const int64_t tiles_n = (a.N + kTile - 1) / kTile;
+  const int64_t p0 = blockIdx.y / tiles_n * kTile, n0 = blockIdx.y % tiles_n * kTile;
+  float acc[4][4];
+  zero(acc);
+  block_product<false, false>(
+      acc, st.len,
+      [&](int r, int q) { return p0 + r < a.P ? coef[q] * U[st.x_row(a, q) + p0 + r] : 0.0f; },
+      [&](int q, int c) { return n0 + c < a.N ? V[st.bc_row(a, q) + n0 + c] : 0.0f; }, As, Bs);
+  float* o = out + sr * a.P * a.N;
+  COIL_UNROLL
+  for (int i = 0; i < 4; ++i) COIL_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    const int64_t p = p0 + ty + 16 * i, n = n0 + tx + 16 * j;
+    if (p < a.P && n < a.N) o[p * a.N + n] = acc[i][j];
+  }
+}
+
+// The pass over chunks, one thread per (batch, head, state element): S[c] holds chunk c's own
+// term on entry and the running value entering chunk c on exit (forward: the state entering the
+// chunk; reverse: G of the chunk), where each chunk multiplies the running value by its
+// alpha_last. start (may be null: zeros) and end (may be null) are [batch][H][P][N].
+__global__ void state_pass_kernel(int64_t batch, int64_t nc, int64_t H, int64_t PN, const float* lc,
+                                  float* S, const float* start, float* end, bool reverse) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= batch * H * PN) return;
+  const int64_t e = i % PN, h = i / PN % H, b = i / (PN * H);
+  float run = start ? start[i] : 0.0f;
+  for (int64_t k = 0; k < nc; ++k) {
+    const int64_t c = reverse ? nc - 1 - k : k, row = (b * nc + c) * H + h;
+    float* s = S + row * PN + e;
+    const float own = *s;
+    *s = run;
+    run = fmaf(expf(lc[row * kQ + kQ - 1]), run, own);
+  }
+  if (end) end[i] = run;
+}
+
+// y_pre_t = alpha_t S0 C_t + sum_{s <= t} w_ts d_s (C_t . B_s) x_s + D x_t, y = y_pre silu(z).
+// Grid: (batch * chunks * H, P tiles).
+__global__ void __launch_bounds__(kThreads)
+    chunk_output_kernel(Args a, const float* dd, const float* lc, const float* S0s, float* y,
+                        float* y_pre) {
+  __shared__ float As[kDepth * kLd], Bs[kDepth * kLd], W[kTile * kLd], lcs[kQ], dds[kQ];
+  const Site st(a, blockIdx.x);
+  const int64_t sr = st.step_row(a);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  if (tid < kQ) {
+    lcs[tid] = lc[sr * kQ + tid];
+    dds[tid] = dd[sr * kQ + tid];
+  }
+  const int len = st.len;
+  const float* S0 = S0s + sr * a.P * a.N;
+  const int64_t p0 = blockIdx.y * kTile;
+  auto c_at = [&](int t, int n) { return t < len ? a.C[st.bc_row(a, t) + n] : 0.0f; };
+  // W[t][s] = w_ts d_s (C_t . B_s)
+  float acc[4][4];
+  zero(acc);
+  block_product<true, true>(
+      acc, static_cast<int>(a.N), c_at,
+      [&](int n, int s) { return s < len ? a.B[st.bc_row(a, s) + n] : 0.0f; }, As, Bs);
+  COIL_UNROLL
+  for (int i = 0; i < 4; ++i) COIL_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    const int t = ty + 16 * i, s = tx + 16 * j;
+    W[t * kLd + s] = s <= t && t < len ? expf(lcs[t] - lcs[s]) * dds[s] * acc[i][j] : 0.0f;
+  }
+  __syncthreads();
+  // the state's part, alpha_t (C_t S0^T)
+  float out[4][4];
+  zero(out);
+  block_product<true, true>(
+      out, static_cast<int>(a.N), c_at,
+      [&](int n, int p) { return p0 + p < a.P ? S0[(p0 + p) * a.N + n] : 0.0f; }, As, Bs);
+  COIL_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const float alpha = expf(lcs[ty + 16 * i]);
+    COIL_UNROLL
+    for (int j = 0; j < 4; ++j) out[i][j] *= alpha;
+  }
+  block_product<false, false>(
+      out, len, [&](int t, int s) { return W[t * kLd + s]; },
+      [&](int s, int p) { return p0 + p < a.P ? a.x[st.x_row(a, s) + p0 + p] : 0.0f; }, As, Bs);
+  const float Dh = a.D ? a.D[st.h] : 0.0f;
+  COIL_UNROLL
+  for (int i = 0; i < 4; ++i) COIL_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    const int t = ty + 16 * i;
+    const int64_t p = p0 + tx + 16 * j;
+    if (t >= len || p >= a.P) continue;
+    const int64_t at = st.x_row(a, t) + p;
+    const float v = fmaf(Dh, a.x[at], out[i][j]);
+    if (y_pre) y_pre[at] = v;
+    y[at] = a.z ? v * a.z[at] * sigmoidf_(a.z[at]) : v;
+  }
+}
+
+// gy = dy silu(z), dz = dy y_pre silu'(z), over n elements.
+__global__ void gate_grad_kernel(int64_t n, const float* dy, const float* z, const float* y_pre,
+                                 float* gy, float* dz) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float zv = z[i], sg = sigmoidf_(zv);
+  gy[i] = dy[i] * zv * sg;
+  if (dz) dz[i] = dy[i] * y_pre[i] * sg * (1.0f + zv * (1.0f - sg));
+}
+
+// Shared memory of backward_kernel: W1, W2, M (kTile x kLd each), the staging tiles, the per-step
+// values and sums.
+constexpr int kBackwardSharedFloats = 3 * kTile * kLd + 2 * kDepth * kLd + 5 * kQ;
+constexpr size_t kBackwardSharedBytes = 2 * sizeof(double) + kBackwardSharedFloats * sizeof(float);
+
+// Every gradient of one (batch, chunk, head) from its S0, its G and gy (the file's comment has
+// the math). Grid: batch * chunks * H; kBackwardSharedBytes of dynamic shared memory.
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(Args a, const float* dd, const float* lc, const float* S0s, const float* Gs,
+                    const float* gy, Grads g) {
+  COIL_SSD_DYNAMIC_SHARED(smem);
+  double* sums = smem_raw;                             // [0]: alpha_last G . S0, [1]: dD's part
+  float* W1 = reinterpret_cast<float*>(smem_raw + 2);  // w_ts (C_t . B_s)
+  float* W2 = W1 + kTile * kLd;                        // w_ts d_s (gy_t . x_s)
+  float* M = W2 + kTile * kLd;  // s < t: w_ts d_s (C_t . B_s)(gy_t . x_s), then prefix sums
+  float* As = M + kTile * kLd;
+  float* Bs = As + kDepth * kLd;
+  float* lcs = Bs + kDepth * kLd;
+  float* dds = lcs + kQ;
+  float* T2 = dds + kQ;  // alpha_t C_t . (S0^T gy_t)
+  float* T3 = T2 + kQ;   // beta_s X_s . (G B_s)
+  float* XD = T3 + kQ;   // x_s . dX_s
+  const Site st(a, blockIdx.x);
+  const int64_t sr = st.step_row(a);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int len = st.len;
+  if (tid < kQ) {
+    lcs[tid] = lc[sr * kQ + tid];
+    dds[tid] = dd[sr * kQ + tid];
+    T2[tid] = T3[tid] = XD[tid] = 0.0f;
+  }
+  if (tid < 2) sums[tid] = 0.0;
+  const float* S0 = S0s + sr * a.P * a.N;
+  const float* G = Gs + sr * a.P * a.N;
+  const float lc_last = lc[sr * kQ + kQ - 1];
+  const int P = static_cast<int>(a.P), N = static_cast<int>(a.N);
+  auto x_at = [&](int s, int p) { return s < len && p < P ? a.x[st.x_row(a, s) + p] : 0.0f; };
+  auto gy_at = [&](int t, int p) { return t < len && p < P ? gy[st.x_row(a, t) + p] : 0.0f; };
+  auto b_at = [&](int s, int n) { return s < len && n < N ? a.B[st.bc_row(a, s) + n] : 0.0f; };
+  auto c_at = [&](int t, int n) { return t < len && n < N ? a.C[st.bc_row(a, t) + n] : 0.0f; };
+  __syncthreads();
+
+  // W1, W2 and M from C . B and gy . x
+  {
+    float cb[4][4], gx[4][4];
+    zero(cb);
+    zero(gx);
+    block_product<true, true>(
+        cb, N, c_at, [&](int n, int s) { return b_at(s, n); }, As, Bs);
+    block_product<true, true>(
+        gx, P, gy_at, [&](int p, int s) { return x_at(s, p); }, As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) COIL_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int t = ty + 16 * i, s = tx + 16 * j;
+      const float w = s <= t && t < len ? expf(lcs[t] - lcs[s]) : 0.0f;
+      const float w1 = w * cb[i][j], w2 = w * dds[s] * gx[i][j];
+      W1[t * kLd + s] = w1;
+      W2[t * kLd + s] = w2;
+      M[t * kLd + s] = s < t ? w2 * cb[i][j] : 0.0f;
+    }
+  }
+  __syncthreads();
+
+  // dX = beta (B G^T) + W1^T gy per tile of P columns; dx, x . dX, T3, dD's part
+  const float Dh = a.D ? a.D[st.h] : 0.0f;
+  float dd_part = 0.0f;
+  for (int p0 = 0; p0 < P; p0 += kTile) {
+    float acc[4][4];
+    zero(acc);
+    block_product<true, true>(
+        acc, N, b_at,
+        [&](int n, int p) { return p0 + p < P ? G[static_cast<int64_t>(p0 + p) * N + n] : 0.0f; },
+        As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int s = ty + 16 * i;
+      const float beta = s < len ? expf(lc_last - lcs[s]) : 0.0f;
+      float t3 = 0.0f;
+      COIL_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        acc[i][j] *= beta;
+        t3 = fmaf(x_at(s, p0 + tx + 16 * j), acc[i][j], t3);
+      }
+      if (s < len) atomicAdd(&T3[s], dds[s] * t3);
+    }
+    block_product<false, false>(
+        acc, len, [&](int s, int t) { return W1[t * kLd + s]; },
+        [&](int t, int p) { return gy_at(t, p0 + p); }, As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int s = ty + 16 * i;
+      if (s >= len) continue;
+      float xd = 0.0f;
+      COIL_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const int p = p0 + tx + 16 * j;
+        if (p >= P) continue;
+        const int64_t at = st.x_row(a, s) + p;
+        const float xv = a.x[at], gv = gy[at];
+        xd = fmaf(xv, acc[i][j], xd);
+        dd_part = fmaf(gv, xv, dd_part);
+        g.dx[at] = fmaf(dds[s], acc[i][j], Dh * gv);
+      }
+      atomicAdd(&XD[s], xd);
+    }
+  }
+  if (g.dD) atomicAdd(&sums[1], static_cast<double>(dd_part));
+
+  // dC = alpha (gy S0) + W2 B, and T2; dB = beta d (x G) + W2^T C; per tile of N columns
+  for (int n0 = 0; n0 < N; n0 += kTile) {
+    float acc[4][4];
+    zero(acc);
+    block_product<true, false>(
+        acc, P, gy_at,
+        [&](int p, int n) { return n0 + n < N ? S0[static_cast<int64_t>(p) * N + n0 + n] : 0.0f; },
+        As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int t = ty + 16 * i;
+      const float alpha = t < len ? expf(lcs[t]) : 0.0f;
+      float t2 = 0.0f;
+      COIL_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        acc[i][j] *= alpha;
+        t2 = fmaf(c_at(t, n0 + tx + 16 * j), acc[i][j], t2);
+      }
+      if (t < len) atomicAdd(&T2[t], t2);
+    }
+    block_product<false, false>(
+        acc, len, [&](int t, int s) { return W2[t * kLd + s]; },
+        [&](int s, int n) { return b_at(s, n0 + n); }, As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) COIL_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int t = ty + 16 * i, n = n0 + tx + 16 * j;
+      if (t < len && n < N) atomicAdd(&g.dC[st.bc_row(a, t) + n], acc[i][j]);
+    }
+
+    zero(acc);
+    block_product<true, false>(
+        acc, P, x_at,
+        [&](int p, int n) { return n0 + n < N ? G[static_cast<int64_t>(p) * N + n0 + n] : 0.0f; },
+        As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int s = ty + 16 * i;
+      const float f = s < len ? expf(lc_last - lcs[s]) * dds[s] : 0.0f;
+      COIL_UNROLL
+      for (int j = 0; j < 4; ++j) acc[i][j] *= f;
+    }
+    block_product<false, false>(
+        acc, len, [&](int s, int t) { return W2[t * kLd + s]; },
+        [&](int t, int n) { return c_at(t, n0 + n); }, As, Bs);
+    COIL_UNROLL
+    for (int i = 0; i < 4; ++i) COIL_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int s = ty + 16 * i, n = n0 + tx + 16 * j;
+      if (s < len && n < N) atomicAdd(&g.dB[st.bc_row(a, s) + n], acc[i][j]);
+    }
+  }
+
+  // alpha_last G . S0
+  {
+    double part = 0.0;
+    for (int64_t e = tid; e < a.P * a.N; e += kThreads)
+      part += static_cast<double>(G[e]) * static_cast<double>(S0[e]);
+    atomicAdd(&sums[0], part * exp(static_cast<double>(lc_last)));
+  }
+  // the pairs: row s of M becomes its exclusive prefix sums, then column t sums rows s >= t
+  if (tid < kQ) {
+    float run = 0.0f;
+    for (int u = 0; u < kQ; ++u) {
+      const float m = M[tid * kLd + u];
+      M[tid * kLd + u] = run;
+      run += m;
+    }
+  }
+  __syncthreads();
+  if (tid < kQ) {
+    float pairs = 0.0f;
+    for (int s = tid; s < len; ++s) pairs += M[s * kLd + tid];
+    W1[tid] = pairs;  // W1 is free now: its first row holds the pair sums
+  }
+  __syncthreads();
+  if (tid == 0) {
+    const float A = a.A[st.h], bias = a.dt_bias ? a.dt_bias[st.h] : 0.0f;
+    double suffix2 = 0.0, prefix3 = 0.0, dA = 0.0, dbias = 0.0;
+    for (int t = len - 1; t >= 0; --t) suffix2 += T2[t];
+    for (int t = 0; t < len; ++t) {
+      if (t > 0) {
+        suffix2 -= T2[t - 1];
+        prefix3 += T3[t - 1];
+      }
+      const double run = sums[0] + suffix2 + prefix3 + W1[t];
+      dA += dds[t] * run;
+      double ddv = XD[t] + A * run;
+      if (a.softplus) {
+        const float v = a.dt[(st.b * a.L + st.t0 + t) * a.H + st.h] + bias;
+        if (v <= 20.0f) ddv *= sigmoidf_(v);
+      }
+      g.ddt[(st.b * a.L + st.t0 + t) * a.H + st.h] = static_cast<float>(ddv);
+      dbias += ddv;
+    }
+    atomicAdd(&g.dA[st.h], static_cast<float>(dA));
+    if (g.ddt_bias) atomicAdd(&g.ddt_bias[st.h], static_cast<float>(dbias));
+    if (g.dD) atomicAdd(&g.dD[st.h], static_cast<float>(sums[1]));
+  }
+}
+
+// ---- host side: the kernels in order on one stream, on scratch the caller allocated ----
+inline unsigned blocks_of(int64_t n) {
+  return static_cast<unsigned>((n + kThreads - 1) / kThreads);
+}
+inline unsigned tiles(int64_t n) { return static_cast<unsigned>((n + kTile - 1) / kTile); }
+
+// d and lc (step_floats each) of every step.
+template <class Stream>
+void steps_forward(const Args& a, float* dd, float* lc, [[maybe_unused]] Stream s) {
+  COIL_SSD_LAUNCH(cumsum_kernel, dim3(blocks_of(a.batch * chunks(a.L) * a.H)), dim3(kThreads), 0, s,
+                  a, dd, lc);
+}
+// steps_forward, then S (state_floats): the state entering every chunk, kept for the backward.
+// final_state may be null.
+template <class Stream>
+void states_forward(const Args& a, float* dd, float* lc, float* S, float* final_state,
+                    [[maybe_unused]] Stream s) {
+  const int64_t nc = chunks(a.L), sites = a.batch * nc * a.H;
+  steps_forward(a, dd, lc, s);
+  COIL_SSD_LAUNCH(chunk_state_kernel, dim3(static_cast<unsigned>(sites), tiles(a.P) * tiles(a.N)),
+                  dim3(kThreads), 0, s, a, a.x, a.B, true, dd, lc, S);
+  COIL_SSD_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0,
+                  s, a.batch, nc, a.H, a.P * a.N, lc, S, a.init, final_state, false);
+}
+
+// y (and y_pre when not null) from the states states_forward left.
+template <class Stream>
+void output_forward(const Args& a, const float* dd, const float* lc, const float* S, float* y,
+                    float* y_pre, [[maybe_unused]] Stream s) {
+  const int64_t sites = a.batch * chunks(a.L) * a.H;
+  COIL_SSD_LAUNCH(chunk_output_kernel, dim3(static_cast<unsigned>(sites), tiles(a.P)),
+                  dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
+}
+
+// Every gradient from states_forward's dd, lc and S. Gbuf: state_floats of scratch; gy:
+// batch * L * H * P floats of scratch when z (else unused).
+template <class Stream>
+void backward(const Args& a, const float* dd, const float* lc, const float* S, const Grads& g,
+              float* Gbuf, float* gy, [[maybe_unused]] Stream s) {
+  const int64_t nc = chunks(a.L), sites = a.batch * nc * a.H;
+  const float* gyp = g.dy;
+  if (a.z) {
+    const int64_t n = a.batch * a.L * a.H * a.P;
+    COIL_SSD_LAUNCH(gate_grad_kernel, dim3(blocks_of(n)), dim3(kThreads), 0, s, n, g.dy, a.z,
+                    g.y_pre, gy, g.dz);
+    gyp = gy;
+  }
+  COIL_SSD_LAUNCH(chunk_state_kernel, dim3(static_cast<unsigned>(sites), tiles(a.P) * tiles(a.N)),
+                  dim3(kThreads), 0, s, a, gyp, a.C, false, dd, lc, Gbuf);
+  COIL_SSD_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0,
+                  s, a.batch, nc, a.H, a.P * a.N, lc, Gbuf, g.dfinal, g.dinit, true);
+#ifdef __CUDACC__
+  cudaFuncSetAttribute(backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(kBackwardSharedBytes));
+#endif
+  COIL_SSD_LAUNCH(backward_kernel, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
+                  kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
+}
+
+}  // namespace
+}  // namespace coil::cuda::ssd
