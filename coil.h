@@ -10,6 +10,7 @@
 #include "core/parallel.h"
 #include "core/rng.h"
 #include "core/scalar.h"
+#include "core/stream.h"
 #include "core/tensor.h"
 
 #include "autograd/autograd.h"

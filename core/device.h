@@ -37,6 +37,28 @@ struct CudaHooks {
   void (*copy_bytes)(void* dst, Device dst_device, const void* src, Device src_device,
                      size_t nbytes) = nullptr;
   void (*synchronize)(Device d) = nullptr;
+  // Streams and events (core/stream.h): handles are the backend's (cudaStream_t, cudaEvent_t).
+  void* (*stream_create)(int device) = nullptr;
+  void (*stream_destroy)(int device, void* s) = nullptr;  // waits for its work first
+  void* (*stream_default)(int device) = nullptr;
+  void* (*stream_current)(int device) = nullptr;              // this thread's
+  void (*stream_set_current)(int device, void* s) = nullptr;  // null: the default again
+  void (*stream_synchronize)(int device, void* s) = nullptr;
+  bool (*stream_query)(int device, void* s) = nullptr;
+  void (*stream_wait_event)(int device, void* s, void* e) = nullptr;
+  void* (*event_create)(int device, bool timing) = nullptr;
+  void (*event_destroy)(int device, void* e) = nullptr;
+  void (*event_record)(int device, void* e, void* s) = nullptr;
+  void (*event_synchronize)(int device, void* e) = nullptr;
+  bool (*event_query)(int device, void* e) = nullptr;
+  float (*event_elapsed_ms)(int device, void* start, void* end) = nullptr;
+  // Page-locked host memory (Tensor::pin_memory) and copies that do not wait: queued on the
+  // current stream of the GPU side, for pinned host memory or between buffers of one GPU.
+  void* (*host_alloc)(size_t nbytes) = nullptr;
+  void (*host_free)(void* p) = nullptr;
+  bool (*is_pinned)(const void* p) = nullptr;
+  void (*copy_bytes_async)(void* dst, Device dst_device, const void* src, Device src_device,
+                           size_t nbytes) = nullptr;
 };
 void set_cuda_hooks(const CudaHooks& h);
 const CudaHooks& cuda_hooks();  // every member null without a CUDA backend

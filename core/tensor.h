@@ -164,6 +164,14 @@ class Tensor {
   Tensor clone() const;
   Tensor to(DType t) const;
   Tensor to(Device d) const;
+  // non_blocking: a copy between pinned host memory (pin_memory) and a GPU, or within one GPU, is
+  // queued on the GPU's current stream and not waited for (synchronize before reading the
+  // result on the host, or before writing the source); otherwise as to(d).
+  Tensor to(Device d, bool non_blocking) const;
+  // A copy in page-locked host memory, which the GPU reads and writes directly (CPU tensors;
+  // needs a GPU), and whether this tensor's memory is such.
+  Tensor pin_memory() const;
+  bool is_pinned() const;
   Tensor& copy_(const Tensor& src);
   Tensor& fill_(Scalar v);
   Tensor& zero_() { return fill_(0); }

@@ -57,15 +57,53 @@ Tensor autocast_f32(const Tensor& x) {
 }  // namespace detail
 // Between devices: the bytes of a contiguous copy, through the CUDA backend's hook; the gradient
 // goes back the same way.
-Tensor Tensor::to(Device d) const {
+Tensor Tensor::to(Device d) const { return to(d, false); }
+
+namespace {
+Tensor pinned_empty(const Shape& sizes, DType t) {
+  size_t n = dtype_size(t);
+  for (int64_t v : sizes) n *= static_cast<size_t>(v);
+  void* p = cuda_hooks().host_alloc(n);
+  return from_blob(p, sizes, Options(t), std::shared_ptr<void>(p, cuda_hooks().host_free));
+}
+}  // namespace
+
+bool Tensor::is_pinned() const {
+  return defined() && device().is_cpu() && cuda_hooks().is_pinned && numel() > 0 &&
+         cuda_hooks().is_pinned(raw_data());
+}
+
+Tensor Tensor::pin_memory() const {
+  COIL_CHECK(defined(), "pin_memory: the tensor is undefined");
+  COIL_CHECK(device().is_cpu(), "pin_memory: only CPU tensors can be pinned, this one is on ",
+             device());
+  COIL_CHECK(cuda_available() && cuda_device_count() > 0,
+             "pin_memory: page-locked memory needs a usable GPU (",
+             cuda_available() ? "none found" : "this build has no CUDA backend", ")");
+  if (is_pinned()) return *this;
+  Tensor out = pinned_empty(sizes(), dtype());
+  NoGradGuard ng;
+  out.copy_(*this);
+  return out;
+}
+
+Tensor Tensor::to(Device d, bool non_blocking) const {
   if (d == device()) return *this;
   COIL_CHECK(cuda_available(), "to: this build of coil has no CUDA backend; cannot move ",
              "a tensor from ", device(), " to ", d);
   COIL_CHECK(!is_distributed(), "to: a DTensor moves with its mesh, not alone (", device(), " to ",
              d, ")");
   Tensor src = coil::contiguous(*this);
-  Tensor out = empty(sizes(), Options(dtype(), d));
-  if (numel() > 0)
+  // non-blocking needs page-locked host memory on the host side: a GPU -> CPU copy lands in a
+  // pinned tensor; a pageable CPU source, and GPU -> GPU, copy as usual
+  const bool queue =
+      non_blocking && numel() > 0 &&
+      (d.is_cuda() ? src.device().is_cpu() && src.is_pinned() : src.device().is_cuda());
+  Tensor out =
+      queue && d.is_cpu() ? pinned_empty(sizes(), dtype()) : empty(sizes(), Options(dtype(), d));
+  if (queue)
+    cuda_hooks().copy_bytes_async(out.raw_data(), d, src.raw_data(), src.device(), src.nbytes());
+  else if (numel() > 0)
     cuda_hooks().copy_bytes(out.raw_data(), d, src.raw_data(), src.device(), src.nbytes());
   if (needs_grad({this})) {
     const Device from = device();

@@ -5,7 +5,9 @@
 
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <map>
+#include <tuple>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -38,19 +40,27 @@ namespace {
 constexpr int kMaxDevices = 64;
 
 struct PerDevice {
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr;  // coil's default stream of the device
   cublasHandle_t cublas = nullptr;
+  cudaStream_t cublas_stream = nullptr;  // the stream the handle is bound to
 };
 std::mutex g_mu;
 PerDevice g_dev[kMaxDevices];
+// A StreamGuard's stream per device on this thread (null: the default).
+thread_local cudaStream_t t_current[kMaxDevices] = {};
 
-PerDevice& per_device() {
-  const int d = current_device();
+PerDevice& per_device_of(int d) {
   COIL_CHECK(d >= 0 && d < kMaxDevices, "cuda: device ", d, " beyond coil's limit");
   std::lock_guard<std::mutex> lk(g_mu);
   PerDevice& p = g_dev[d];
-  if (!p.stream) check(cudaStreamCreateWithFlags(&p.stream, cudaStreamNonBlocking), "stream");
+  if (!p.stream) {
+    DeviceGuard g(Device(kCUDA, d));
+    check(cudaStreamCreateWithFlags(&p.stream, cudaStreamNonBlocking), "stream");
+  }
   return p;
+}
+cudaStream_t current_stream_of(int d) {
+  return t_current[d] ? t_current[d] : per_device_of(d).stream;
 }
 
 int device_count_impl() {
@@ -77,7 +87,8 @@ void check_index(int index) {
 // Blocks rounded to 512 bytes up to 1 MiB, then to 2 MiB; freed blocks wait in per-(device,
 // size) free lists, as PyTorch's caching allocator does, so a training step reuses the last
 // step's memory and never calls cudaMalloc (which synchronises the device) in steady state.
-// Reuse is safe without events because every kernel of a device runs on its one stream.
+// Free lists are per stream too: a block comes back only to allocations on the stream it was
+// last used on, whose work is ordered after that use (core/stream.h states the rule for others).
 size_t bucket_size(size_t n) {
   if (n <= (size_t(1) << 20)) return (std::max<size_t>(n, 1) + 511) / 512 * 512;
   const size_t two = size_t(2) << 20;
@@ -93,7 +104,9 @@ class CudaCachingAllocator final : public Allocator {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.num_allocs++;
     void* p = nullptr;
-    auto& list = free_[{index, b}];
+    // blocks are reused only on the stream they were freed from (their last use is ordered)
+    const cudaStream_t on = current_stream_of(index);
+    auto& list = free_[{index, on, b}];
     if (!list.empty()) {
       p = list.back();
       list.pop_back();
@@ -120,7 +133,7 @@ class CudaCachingAllocator final : public Allocator {
       stats_.num_system_allocs++;
       held_[index] += want;
     }
-    live_[p] = {index, b};
+    live_[p] = {index, on, b};
     stats_.bytes_in_use += static_cast<int64_t>(b);
     stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
     return p;
@@ -130,9 +143,9 @@ class CudaCachingAllocator final : public Allocator {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = live_.find(p);
     if (it == live_.end()) return;
-    const auto [index, b] = it->second;
+    const auto [index, on, b] = it->second;
     live_.erase(it);
-    free_[{index, b}].push_back(p);
+    free_[{index, on, b}].push_back(p);
     stats_.bytes_in_use -= static_cast<int64_t>(b);
     stats_.bytes_cached += static_cast<int64_t>(b);
   }
@@ -161,21 +174,29 @@ class CudaCachingAllocator final : public Allocator {
 
  private:
   void release_cached(int index) {  // mu_ held
+    bool synced = false;
     for (auto& [key, list] : free_) {
-      if (key.first != index || list.empty()) continue;
+      const auto& [dev, on, b] = key;
+      if (dev != index || list.empty()) continue;
       DeviceGuard g(Device(kCUDA, index));
-      check(cudaStreamSynchronize(per_device().stream), "cudaStreamSynchronize");
+      if (!synced) check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // every stream
+      synced = true;
       for (void* p : list) {
         cudaFree(p);
-        stats_.bytes_cached -= static_cast<int64_t>(key.second);
-        held_[index] -= static_cast<int64_t>(key.second);
+        stats_.bytes_cached -= static_cast<int64_t>(b);
+        held_[index] -= static_cast<int64_t>(b);
       }
       list.clear();
     }
   }
+  struct Live {
+    int index;
+    cudaStream_t stream;
+    size_t bytes;
+  };
   mutable std::mutex mu_;
-  std::map<std::pair<int, size_t>, std::vector<void*>> free_;
-  std::unordered_map<void*, std::pair<int, size_t>> live_;
+  std::map<std::tuple<int, cudaStream_t, size_t>, std::vector<void*>> free_;
+  std::unordered_map<void*, Live> live_;
   AllocatorStats stats_;
   int64_t cap_[kMaxDevices] = {}, held_[kMaxDevices] = {};  // held: in use + cached, per device
 };
@@ -203,6 +224,109 @@ void synchronize_impl(Device d) {
   check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
 }
 
+// ---- streams, events, pinned memory (core/stream.h, Tensor::pin_memory) ----
+void* stream_create_impl(int d) {
+  DeviceGuard g(Device(kCUDA, d));
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  return s;
+}
+void stream_destroy_impl(int d, void* s) {
+  DeviceGuard g(Device(kCUDA, d));
+  // its queued work first: blocks freed on it may be handed to a stream reusing the handle
+  cudaStreamSynchronize(static_cast<cudaStream_t>(s));
+  cudaStreamDestroy(static_cast<cudaStream_t>(s));
+}
+void* stream_default_impl(int d) { return per_device_of(d).stream; }
+void* stream_current_impl(int d) { return current_stream_of(d); }
+void stream_set_current_impl(int d, void* s) {
+  cudaStream_t st = static_cast<cudaStream_t>(s);
+  t_current[d] = st == per_device_of(d).stream ? nullptr : st;
+}
+void stream_synchronize_impl(int d, void* s) {
+  DeviceGuard g(Device(kCUDA, d));
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(s)), "cudaStreamSynchronize");
+}
+bool stream_query_impl(int d, void* s) {
+  DeviceGuard g(Device(kCUDA, d));
+  const cudaError_t st = cudaStreamQuery(static_cast<cudaStream_t>(s));
+  if (st == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  check(st, "cudaStreamQuery");
+  return true;
+}
+void stream_wait_event_impl(int d, void* s, void* e) {
+  DeviceGuard g(Device(kCUDA, d));
+  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(s), static_cast<cudaEvent_t>(e), 0),
+        "cudaStreamWaitEvent");
+}
+void* event_create_impl(int d, bool timing) {
+  DeviceGuard g(Device(kCUDA, d));
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming),
+        "cudaEventCreate");
+  return e;
+}
+void event_destroy_impl(int d, void* e) {
+  DeviceGuard g(Device(kCUDA, d));
+  cudaEventDestroy(static_cast<cudaEvent_t>(e));
+}
+void event_record_impl(int d, void* e, void* s) {
+  DeviceGuard g(Device(kCUDA, d));
+  check(cudaEventRecord(static_cast<cudaEvent_t>(e), static_cast<cudaStream_t>(s)),
+        "cudaEventRecord");
+}
+void event_synchronize_impl(int d, void* e) {
+  DeviceGuard g(Device(kCUDA, d));
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(e)), "cudaEventSynchronize");
+}
+bool event_query_impl(int d, void* e) {
+  DeviceGuard g(Device(kCUDA, d));
+  const cudaError_t st = cudaEventQuery(static_cast<cudaEvent_t>(e));
+  if (st == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  check(st, "cudaEventQuery");
+  return true;
+}
+float event_elapsed_impl(int d, void* a, void* b) {
+  DeviceGuard g(Device(kCUDA, d));
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)),
+        "cudaEventElapsedTime");
+  return ms;
+}
+// Pinned blocks are not cached: cudaFreeHost waits for the device, so a block is never handed
+// out again while a copy from it is in flight.
+void* host_alloc_impl(size_t n) {
+  void* p = nullptr;
+  const cudaError_t st = cudaHostAlloc(&p, std::max<size_t>(n, 1), cudaHostAllocPortable);
+  if (st != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail("cuda: cannot pin ", n, " bytes of host memory (", cudaGetErrorString(st), ")");
+  }
+  return p;
+}
+void host_free_impl(void* p) { cudaFreeHost(p); }
+bool is_pinned_impl(const void* p) {
+  cudaPointerAttributes at{};
+  if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return at.type == cudaMemoryTypeHost;
+}
+void copy_bytes_async_impl(void* dst, Device dd, const void* src, Device sd, size_t n) {
+  COIL_CHECK(!(dd.is_cuda() && sd.is_cuda() && dd.index != sd.index),
+             "to(non_blocking): copies between GPUs wait; use to(device)");
+  const Device gpu = dd.is_cuda() ? dd : sd;
+  DeviceGuard g(gpu);
+  check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, stream()), "cudaMemcpyAsync");
+}
+
 struct Register {
   Register() {
     // never destroyed, like the CPU's: tensors may outlive static destructors
@@ -211,20 +335,41 @@ struct Register {
     h.device_count = &device_count_impl;
     h.copy_bytes = &copy_bytes;
     h.synchronize = &synchronize_impl;
+    h.stream_create = &stream_create_impl;
+    h.stream_destroy = &stream_destroy_impl;
+    h.stream_default = &stream_default_impl;
+    h.stream_current = &stream_current_impl;
+    h.stream_set_current = &stream_set_current_impl;
+    h.stream_synchronize = &stream_synchronize_impl;
+    h.stream_query = &stream_query_impl;
+    h.stream_wait_event = &stream_wait_event_impl;
+    h.event_create = &event_create_impl;
+    h.event_destroy = &event_destroy_impl;
+    h.event_record = &event_record_impl;
+    h.event_synchronize = &event_synchronize_impl;
+    h.event_query = &event_query_impl;
+    h.event_elapsed_ms = &event_elapsed_impl;
+    h.host_alloc = &host_alloc_impl;
+    h.host_free = &host_free_impl;
+    h.is_pinned = &is_pinned_impl;
+    h.copy_bytes_async = &copy_bytes_async_impl;
     set_cuda_hooks(h);
   }
 } g_register;
 
 }  // namespace
 
-cudaStream_t stream() { return per_device().stream; }
+cudaStream_t stream() { return current_stream_of(current_device()); }
 
 cublasHandle_t cublas() {
-  PerDevice& p = per_device();
+  const int d = current_device();
+  PerDevice& p = per_device_of(d);
+  const cudaStream_t want = current_stream_of(d);
   std::lock_guard<std::mutex> lk(g_mu);
-  if (!p.cublas) {
-    check_cublas(cublasCreate(&p.cublas), "cublasCreate");
-    check_cublas(cublasSetStream(p.cublas, p.stream), "cublasSetStream");
+  if (!p.cublas) check_cublas(cublasCreate(&p.cublas), "cublasCreate");
+  if (p.cublas_stream != want) {  // follow this thread's current stream
+    check_cublas(cublasSetStream(p.cublas, want), "cublasSetStream");
+    p.cublas_stream = want;
   }
   return p.cublas;
 }

@@ -5,6 +5,25 @@
 using namespace coil;
 
 TEST_SUITE("errors") {
+  TEST_CASE("streams, events and pinned memory name what is missing") {
+    using coil::Device;
+    CHECK_THROWS_WITH_AS(coil::Stream::create(Device(coil::kCPU)),
+                         doctest::Contains("has no streams"), coil::Error);
+    CHECK_THROWS_WITH_AS(coil::Event(Device(coil::kCPU)), doctest::Contains("has no streams"),
+                         coil::Error);
+    CHECK_THROWS_AS(coil::StreamGuard(coil::Stream()), coil::Error);
+    const coil::Tensor x = coil::ones({3});
+    CHECK_FALSE(x.is_pinned());
+    CHECK(x.to(Device(coil::kCPU), true).is_same(x));
+    if (coil::cuda_device_count() == 0) {
+      CHECK_THROWS_WITH_AS(
+          coil::Stream::create(Device(coil::kCUDA, 0)),
+          doctest::Contains(coil::cuda_available() ? "does not exist" : "no CUDA backend"),
+          coil::Error);
+      CHECK_THROWS_WITH_AS(x.pin_memory(), doctest::Contains("pin_memory"), coil::Error);
+    }
+  }
+
   TEST_CASE("at least 30 different bad inputs, each named") {
     Tensor m23 = ones({2, 3}), m34 = ones({3, 4}), v3 = ones({3}),
            i3 = tensor(std::vector<int64_t>{0, 1, 5});

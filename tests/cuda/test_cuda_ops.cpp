@@ -631,6 +631,56 @@ TEST_SUITE("cuda") {
     check_same(fg, fc, "final state without grad", 2e-5);
   }
 
+  TEST_CASE("streams and events: work on a side stream, ordering by events, timing") {
+    manual_seed(18);
+    const Tensor a = ct::rnd({512, 512}), b = ct::rnd({512, 512});
+    const Tensor ref = matmul(a, b);
+    const Stream main = Stream::current(kGpu);
+    CHECK(main == Stream::default_stream(kGpu));
+    const Stream side = Stream::create(kGpu);
+    CHECK(side != main);
+    Tensor ag = gpu(a), bg = gpu(b), y;
+    Event start(kGpu, true), done(kGpu, true);
+    {
+      StreamGuard g(side);
+      CHECK(Stream::current(kGpu) == side);
+      start.record();
+      y = matmul(ag, bg);
+      for (int i = 0; i < 20; ++i) y = y * 0.5 + matmul(ag, bg) * 0.5;  // the same values
+      done.record();
+    }
+    CHECK(Stream::current(kGpu) == main);
+    main.wait(done);  // main's work after this waits for y
+    Tensor z = y + 0.0;
+    check_same(z, ref, "matmul on a side stream", 1e-5);
+    done.synchronize();
+    CHECK(done.query());
+    CHECK(side.query());
+    CHECK(start.elapsed_ms(done) > 0.0f);
+    side.synchronize();
+    // an event made without timing cannot time
+    Event plain(kGpu);
+    plain.record(side);
+    CHECK_THROWS_WITH_AS(plain.elapsed_ms(done), doctest::Contains("timing"), Error);
+  }
+
+  TEST_CASE("pinned memory: pin_memory, non-blocking copies both ways") {
+    manual_seed(19);
+    const Tensor x = ct::rnd({1000, 37});
+    CHECK_FALSE(x.is_pinned());
+    const Tensor p = x.pin_memory();
+    CHECK(p.is_pinned());
+    CHECK(p.device().is_cpu());
+    CHECK(ct::vals(p) == ct::vals(x));
+    Tensor g = p.to(kGpu, /*non_blocking=*/true);
+    Tensor back = (g * 2.0).to(Device(kCPU), /*non_blocking=*/true);
+    CHECK(back.is_pinned());
+    synchronize(kGpu);
+    CHECK(ct::vals(back) == ct::vals(x * 2.0));
+    // a pageable source takes the waiting copy
+    CHECK(ct::vals(x.to(kGpu, true).to(Device(kCPU))) == ct::vals(x));
+  }
+
   TEST_CASE("a memory cap on the GPU: an allocation past it is an error that loses nothing") {
     struct Uncap {
       ~Uncap() { set_memory_cap(kGpu, 0); }
