@@ -4,7 +4,7 @@
 #include "cuda_emu.h"
 // the kernel source after the emulation
 #include "../../ops/cuda/ssd_chunked.cuh"
-#include "../test_util.h"
+#include "ssd_cases.h"
 
 using namespace coil;
 
@@ -33,33 +33,13 @@ void check_near(const Tensor& got, const Tensor& ref, double rtol, const std::st
 
 TEST_SUITE("cuda.emu") {
   TEST_CASE("ssd_scan's chunked CUDA kernels match the CPU op in float64, forward and backward") {
-    struct Case {
-      int64_t Bt, L, H, P, N, G;
-      bool d, z, bias, h0, dfin, softplus;
-    };
-    const std::vector<Case> cases = {
-        {2, 100, 4, 8, 16, 2, true, true, true, true, true, true},  // two chunks, the last short
-        {1, 1, 2, 8, 16, 1, true, true, true, true, true, true},    // one step
-        {1, 64, 2, 16, 32, 1, false, false, false, false, false, false},  // one whole chunk
-        {1, 130, 2, 72, 80, 2, true, false, true, true, false, true},     // two P and two N tiles
-        {2, 129, 3, 5, 7, 1, false, true, false, false, true, false},     // odd sizes, 3 chunks
-    };
     manual_seed(21);
-    for (const Case& k : cases) {
+    for (const ct::SsdCase& k : ct::ssd_chunked_cases(false)) {
       CAPTURE(k.L);
       CAPTURE(k.P);
       CAPTURE(k.N);
       const DType t = kF64;
-      TensorList in = {ct::rnd({k.Bt, k.L, k.H, k.P}, t),
-                       k.softplus ? ct::rnd({k.Bt, k.L, k.H}, t, -3, 1)
-                                  : ct::rnd({k.Bt, k.L, k.H}, t, 0.01, 0.5),
-                       -ct::rnd({k.H}, t, 0.2, 2),
-                       ct::rnd({k.Bt, k.L, k.G, k.N}, t),
-                       ct::rnd({k.Bt, k.L, k.G, k.N}, t),
-                       k.d ? ct::rnd({k.H}, t) : Tensor(),
-                       k.z ? ct::rnd({k.Bt, k.L, k.H, k.P}, t) : Tensor(),
-                       k.bias ? ct::rnd({k.H}, t, -1, 1) : Tensor(),
-                       k.h0 ? ct::rnd({k.Bt, k.H, k.P, k.N}, t) : Tensor()};
+      TensorList in = ct::ssd_case_inputs(k, t);
       const Tensor dy = ct::rnd({k.Bt, k.L, k.H, k.P}, t);
       const Tensor dfin = k.dfin ? ct::rnd({k.Bt, k.H, k.P, k.N}, t) : Tensor();
       // the reference: the CPU op in float64 with autograd

@@ -5,7 +5,7 @@
 // (tests/main.cpp skips the suite otherwise).
 #include "../../core/op_table.h"
 #include "../../ops/cpu/kernels.h"
-#include "../test_util.h"
+#include "ssd_cases.h"
 
 using namespace coil;
 
@@ -445,34 +445,13 @@ TEST_SUITE("cuda") {
   TEST_CASE("ssd_scan's chunked kernels: chunk edges, tiles, optional inputs, every gradient") {
     // f32 takes the chunked kernels (ssd_chunked.cuh; the cuda.emu suite runs the same source on
     // the CPU): 64-step chunks, products in 64 x 64 tiles of headdim and N.
-    struct Case {
-      int64_t Bt, L, H, P, N, G;
-      bool d, z, bias, h0, dfin, softplus;
-    };
-    const std::vector<Case> cases = {
-        {2, 100, 4, 8, 16, 2, true, true, true, true, true, true},
-        {1, 1, 2, 8, 16, 1, true, true, true, true, true, true},
-        {1, 64, 2, 16, 32, 1, false, false, false, false, false, false},
-        {1, 130, 2, 72, 80, 2, true, false, true, true, false, true},
-        {2, 129, 3, 5, 7, 1, false, true, false, false, true, false},
-        {1, 300, 4, 64, 128, 1, true, true, true, true, true, true},
-    };
     manual_seed(16);
-    for (const Case& k : cases) {
+    for (const ct::SsdCase& k : ct::ssd_chunked_cases(true)) {
       CAPTURE(k.L);
       CAPTURE(k.P);
       CAPTURE(k.N);
       const DType t = kF32;
-      TensorList in = {ct::rnd({k.Bt, k.L, k.H, k.P}, t),
-                       k.softplus ? ct::rnd({k.Bt, k.L, k.H}, t, -3, 1)
-                                  : ct::rnd({k.Bt, k.L, k.H}, t, 0.01, 0.5),
-                       -ct::rnd({k.H}, t, 0.2, 2),
-                       ct::rnd({k.Bt, k.L, k.G, k.N}, t),
-                       ct::rnd({k.Bt, k.L, k.G, k.N}, t),
-                       k.d ? ct::rnd({k.H}, t) : Tensor(),
-                       k.z ? ct::rnd({k.Bt, k.L, k.H, k.P}, t) : Tensor(),
-                       k.bias ? ct::rnd({k.H}, t, -1, 1) : Tensor(),
-                       k.h0 ? ct::rnd({k.Bt, k.H, k.P, k.N}, t) : Tensor()};
+      TensorList in = ct::ssd_case_inputs(k, t);
       std::vector<size_t> used;
       TensorList leaves;
       std::vector<std::string> names;
