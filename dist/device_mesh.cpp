@@ -6,8 +6,8 @@
 namespace coil::dist {
 
 DeviceMesh::DeviceMesh(const std::vector<int64_t>& shape, const std::vector<std::string>& names,
-                       const std::vector<int>& ranks_in) {
-  GroupPtr w = dist::world();
+                       const std::vector<int>& ranks_in, const GroupPtr& base) {
+  GroupPtr w = base ? base : dist::world();
   COIL_CHECK(!shape.empty(), "DeviceMesh: needs at least one dim");
   COIL_CHECK(names.size() == shape.size(), "DeviceMesh: ", shape.size(), " dims but ", names.size(),
              " names");
@@ -34,7 +34,7 @@ DeviceMesh::DeviceMesh(const std::vector<int64_t>& shape, const std::vector<std:
   auto impl = std::make_shared<Impl>();
   impl->shape = shape;
   impl->names = names;
-  impl->ranks = ranks;
+  for (int r : ranks) impl->ranks.push_back(w->world_ranks()[r]);
   const int64_t nd = static_cast<int64_t>(shape.size());
   auto pos = std::find(ranks.begin(), ranks.end(), w->rank());
   if (pos != ranks.end()) {

@@ -15,11 +15,12 @@ namespace coil::dist {
 
 class DeviceMesh {
  public:
-  // Collective over the world: every rank calls it with the same arguments (also the ranks that
-  // are not in the mesh). ranks: the world ranks in row-major mesh order, by default
-  // 0 .. prod(shape) - 1.
+  // Collective over base (the world when null): every member calls it with the same arguments
+  // (also the ranks that are not in the mesh). ranks: base's ranks in row-major mesh order, by
+  // default 0 .. prod(shape) - 1. The groups are splits of base, so a base from
+  // dist/nccl/nccl_group.h gives NCCL groups for CUDA tensors.
   DeviceMesh(const std::vector<int64_t>& shape, const std::vector<std::string>& names,
-             const std::vector<int>& ranks = {});
+             const std::vector<int>& ranks = {}, const GroupPtr& base = nullptr);
   // The 1-d mesh over the whole world.
   static DeviceMesh world(const std::string& name = "world");
   // The 1-d mesh over an existing group, in its rank order (local: no collective; only the

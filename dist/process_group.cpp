@@ -127,10 +127,8 @@ void Executor::loop() {
 // ---- validation, shared by every backend ----
 namespace {
 
-void check_cpu(const std::string& where, const Tensor& t, const char* arg) {
+void check_tensor(const std::string& where, const Tensor& t, const char* arg) {
   COIL_CHECK(t.defined(), where, ": ", arg, " is undefined");
-  COIL_CHECK(t.device().type == kCPU, where, ": ", arg, " is on ", t.device(),
-             "; this group's backend takes CPU tensors");
   COIL_CHECK(!t.is_distributed(), where, ": ", arg,
              " is a DTensor; pass its local tensor (to_local())");
 }
@@ -181,28 +179,36 @@ std::vector<int64_t> scaled(const std::vector<int64_t>& c, int64_t f) {
   return r;
 }
 
-// The buffer a call works on: the tensor itself when contiguous (and not a half type that is
-// reduced), else a contiguous copy (widened to f32 for reductions of halves). write_back()
-// copies the result into the caller's tensor when they differ.
+// The buffer a call works on, on the backend's device (home): the tensor itself when it is there,
+// contiguous (and not a half type that is reduced); else a contiguous copy there (widened to f32
+// for reductions of halves): a CUDA tensor in an MPI group is staged through the host, a CPU
+// tensor in an NCCL group through the GPU. write_back() copies the result into the caller's
+// tensor when they differ.
 struct Buffer {
   Tensor user, buf;
-  Buffer(const Tensor& t, bool widen, bool read) : user(t) {
-    if (widen && is_half(t.dtype())) {
+  Buffer(const Tensor& t, bool widen, bool read, Device home) : user(t) {
+    NoGradGuard ng;
+    if (t.device() != home) {
+      buf = read ? t.to(home) : zeros(t.sizes(), Options(t.dtype(), home));
+      if (widen && is_half(t.dtype())) buf = buf.to(kF32);
+    } else if (widen && is_half(t.dtype())) {
       buf = t.to(kF32);
     } else if (!t.is_contiguous()) {
-      buf = read ? t.contiguous() : zeros(t.sizes(), Options(t.dtype()));
+      buf = read ? t.contiguous() : zeros(t.sizes(), Options(t.dtype(), home));
     } else {
       buf = t;
     }
   }
   void* data() const { return buf.raw_data(); }
   void write_back() {
-    if (!buf.is_same(user)) user.copy_(buf);
+    if (buf.is_same(user)) return;
+    NoGradGuard ng;
+    user.copy_(buf.device() == user.device() ? buf : buf.to(user.device()));
   }
 };
 
 void divide(Tensor& buf, int size) {
-  if (size > 1) buf.div_(full({}, static_cast<double>(size), Options(buf.dtype())));
+  if (size > 1) buf.div_(full({}, static_cast<double>(size), Options(buf.dtype(), buf.device())));
 }
 
 }  // namespace
@@ -318,9 +324,9 @@ double ProcessGroup::deadline_for(const CallOptions& o) const {
 
 WorkPtr ProcessGroup::all_reduce(Tensor& t, ReduceOp op, CallOptions o) {
   const std::string w = where("all_reduce");
-  check_cpu(w, t, "tensor");
+  check_tensor(w, t, "tensor");
   check_reduce(w, t.dtype(), op);
-  auto b = std::make_shared<Buffer>(t, true, true);
+  auto b = std::make_shared<Buffer>(t, true, true, home_device());
   const double timeout = deadline_for(o);
   const int n = size();
   bytes_sent_ += static_cast<int64_t>(t.nbytes());
@@ -341,8 +347,8 @@ WorkPtr ProcessGroup::all_reduce(Tensor& t, ReduceOp op, CallOptions o) {
 WorkPtr ProcessGroup::all_gather(Tensor& out, const Tensor& in, const std::vector<int64_t>& counts,
                                  CallOptions o) {
   const std::string w = where("all_gather");
-  check_cpu(w, in, "input");
-  check_cpu(w, out, "output");
+  check_tensor(w, in, "input");
+  check_tensor(w, out, "output");
   check_rows_like(w, out, in);
   std::vector<int64_t> c = counts.empty() ? std::vector<int64_t>(size(), in.size(0)) : counts;
   check_counts(w, c, size(), "counts");
@@ -350,8 +356,8 @@ WorkPtr ProcessGroup::all_gather(Tensor& out, const Tensor& in, const std::vecto
              " rows but counts[", rank(), "] = ", c[rank()]);
   COIL_CHECK(out.size(0) == total(c), w, ": output has ", out.size(0), " rows, counts sum to ",
              total(c));
-  auto src = std::make_shared<Buffer>(in, false, true);
-  auto dst = std::make_shared<Buffer>(out, false, false);
+  auto src = std::make_shared<Buffer>(in, false, true, home_device());
+  auto dst = std::make_shared<Buffer>(out, false, false, home_device());
   const auto bytes = scaled(c, row_elems(in) * static_cast<int64_t>(in.element_size()));
   const double timeout = deadline_for(o);
   bytes_sent_ += static_cast<int64_t>(in.nbytes());
@@ -371,8 +377,8 @@ WorkPtr ProcessGroup::all_gather(Tensor& out, const Tensor& in, const std::vecto
 WorkPtr ProcessGroup::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op,
                                      const std::vector<int64_t>& counts, CallOptions o) {
   const std::string w = where("reduce_scatter");
-  check_cpu(w, in, "input");
-  check_cpu(w, out, "output");
+  check_tensor(w, in, "input");
+  check_tensor(w, out, "output");
   check_rows_like(w, out, in);
   check_reduce(w, in.dtype(), op);
   std::vector<int64_t> c = counts.empty() ? even_counts(w, in.size(0), size(), "input") : counts;
@@ -381,8 +387,8 @@ WorkPtr ProcessGroup::reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op,
              " rows");
   COIL_CHECK(out.size(0) == c[rank()], w, ": output has ", out.size(0), " rows, counts[", rank(),
              "] = ", c[rank()]);
-  auto src = std::make_shared<Buffer>(in, true, true);
-  auto dst = std::make_shared<Buffer>(out, true, false);
+  auto src = std::make_shared<Buffer>(in, true, true, home_device());
+  auto dst = std::make_shared<Buffer>(out, true, false, home_device());
   const auto elems = scaled(c, row_elems(in));
   const double timeout = deadline_for(o);
   bytes_sent_ += static_cast<int64_t>(in.nbytes());
@@ -406,8 +412,8 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
                                  const std::vector<int64_t>& send_counts,
                                  const std::vector<int64_t>& recv_counts, CallOptions o) {
   const std::string w = where("all_to_all");
-  check_cpu(w, in, "input");
-  check_cpu(w, out, "output");
+  check_tensor(w, in, "input");
+  check_tensor(w, out, "output");
   check_rows_like(w, out, in);
   auto sc = send_counts.empty() ? even_counts(w, in.size(0), size(), "input") : send_counts;
   auto rc = recv_counts.empty() ? even_counts(w, out.size(0), size(), "output") : recv_counts;
@@ -417,8 +423,8 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
              in.size(0), " rows");
   COIL_CHECK(total(rc) == out.size(0), w, ": recv_counts sum to ", total(rc), ", output has ",
              out.size(0), " rows");
-  auto src = std::make_shared<Buffer>(in, false, true);
-  auto dst = std::make_shared<Buffer>(out, false, false);
+  auto src = std::make_shared<Buffer>(in, false, true, home_device());
+  auto dst = std::make_shared<Buffer>(out, false, false, home_device());
   const int64_t rb = row_elems(in) * static_cast<int64_t>(in.element_size());
   const auto sb = scaled(sc, rb), rbytes = scaled(rc, rb);
   const double timeout = deadline_for(o);
@@ -439,10 +445,10 @@ WorkPtr ProcessGroup::all_to_all(Tensor& out, const Tensor& in,
 
 WorkPtr ProcessGroup::broadcast(Tensor& t, int root, CallOptions o) {
   const std::string w = where("broadcast");
-  check_cpu(w, t, "tensor");
+  check_tensor(w, t, "tensor");
   COIL_CHECK(root >= 0 && root < size(), w, ": root ", root, " is not a rank of a group of ",
              size());
-  auto b = std::make_shared<Buffer>(t, false, rank() == root);
+  auto b = std::make_shared<Buffer>(t, false, rank() == root, home_device());
   const double timeout = deadline_for(o);
   if (rank() == root) bytes_sent_ += static_cast<int64_t>(t.nbytes());
   auto meta = call_meta(kBroadcast, t.dtype(), -1, root, t.numel(), 1, {});
@@ -480,22 +486,22 @@ GroupPtr ProcessGroup::split(int color, int key) {
 
 WorkPtr ProcessGroup::send(const Tensor& t, int dst, int tag) {
   const std::string w = where("send");
-  check_cpu(w, t, "tensor");
+  check_tensor(w, t, "tensor");
   COIL_CHECK(dst >= 0 && dst < size() && dst != rank(), w, ": dst ", dst,
              " must be another rank of the group (size ", size(), ")");
   COIL_CHECK(tag >= 0, w, ": tag must be >= 0, got ", tag);
-  Tensor c = t.contiguous();
+  Tensor c = t.device() == home_device() ? t.contiguous() : t.detach().to(home_device());
   bytes_sent_ += static_cast<int64_t>(c.nbytes());
   return send_bytes(c.raw_data(), static_cast<int64_t>(c.nbytes()), dst, tag, [c] {});
 }
 
 WorkPtr ProcessGroup::recv(Tensor& t, int src, int tag) {
   const std::string w = where("recv");
-  check_cpu(w, t, "tensor");
+  check_tensor(w, t, "tensor");
   COIL_CHECK(src >= 0 && src < size() && src != rank(), w, ": src ", src,
              " must be another rank of the group (size ", size(), ")");
   COIL_CHECK(tag >= 0, w, ": tag must be >= 0, got ", tag);
-  auto b = std::make_shared<Buffer>(t, false, false);
+  auto b = std::make_shared<Buffer>(t, false, false, home_device());
   return recv_bytes(b->data(), static_cast<int64_t>(b->buf.nbytes()), src, tag,
                     [b] { b->write_back(); });
 }

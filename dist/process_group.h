@@ -5,8 +5,10 @@
 //   world->all_reduce(grad, dist::ReduceOp::kSum)->wait();
 //
 // Every call returns a Work handle at once; the call runs in order on the group's communication
-// thread, so a caller overlaps it with computation and waits later. Tensors stay CPU tensors of
-// any coil dtype; bf16 and f16 sums and averages are computed in float32 and rounded once.
+// thread, so a caller overlaps it with computation and waits later. Tensors of any coil dtype, on
+// any device (a CUDA tensor in an MPI group is staged through the host; dist/nccl/nccl_group.h
+// has the group that keeps them on the GPU); bf16 and f16 sums and averages are computed in
+// float32 and rounded once.
 // A process started without a launcher is a world of one and every call works unchanged.
 #pragma once
 #include <atomic>
@@ -59,6 +61,9 @@ class ProcessGroup {
   // World ranks of the members, in this group's rank order.
   const std::vector<int>& world_ranks() const { return world_ranks_; }
   virtual std::string backend() const = 0;
+  // The device the backend moves buffers on: the CPU for MPI and the world of one, the GPU of an
+  // NCCL group. Tensors on another device are staged there and copied back (slower; correct).
+  virtual Device home_device() const { return Device(kCPU); }
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }
   // Cross-rank check of every collective: before the data moves, the ranks exchange a few

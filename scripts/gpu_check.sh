@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check (issue 9): the CUDA suite, the NCCL communicator check, the GPU benchmark
-# (bench_cuda) and a short table, in under 5 minutes on one GPU.
+# The GPU check (issue 9): the CUDA suite, the NCCL communicator and group check (across the GPUs
+# too, where there are several), the GPU benchmark (bench_cuda) and a short table, in under 5
+# minutes on one GPU.
 #
 #   scripts/gpu_check.sh bundle   here, on a build machine: configures build-gpu for sm_90 (or
 #                                 $GPU_ARCH), builds, and gathers the programs and the non-system
@@ -57,6 +58,13 @@ run() {
   }
   step cuda_suite .gpu/coil_tests --test-suite=cuda
   step nccl_check .gpu/nccl_check
+  # the NCCL group across GPUs, one rank each, where there are several (and mpirun)
+  local ngpu
+  ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+  if [ "$ngpu" -ge 2 ] && command -v mpirun > /dev/null; then
+    step nccl_ranks mpirun --allow-run-as-root --oversubscribe -np "$ngpu" -x LD_LIBRARY_PATH \
+      .gpu/nccl_check
+  fi
   step core_on_cpu .gpu/coil_tests --test-suite=core.tensor,ops.binary,ops.reduce,ops.softmax
   step bench_cuda .gpu/bench_cuda
   if [ -n "${OUT:-}" ]; then cp gpu_*.log "$OUT/" 2>/dev/null; fi

@@ -100,6 +100,27 @@ void NcclCommunicator::all_gather(const void* in, void* out, int64_t count, DTyp
       "ncclAllGather");
 }
 
+void NcclCommunicator::all_gather_v(const void* in, void* out, const std::vector<int64_t>& counts,
+                                    DType t, void* stream) {
+  COIL_CHECK(static_cast<int>(counts.size()) == size_, "nccl all_gather_v: counts need ", size_,
+             " entries");
+  const size_t es = dtype_size(t);
+  char* dst = static_cast<char*>(out);
+  check_nccl(ncclGroupStart(), "ncclGroupStart");
+  for (int r = 0; r < size_; ++r) {
+    if (counts[rank_] > 0)
+      check_nccl(
+          ncclSend(in, count_of(counts[rank_]), nccl_type(t), r, as_comm(comm_), as_stream(stream)),
+          "ncclSend");
+    if (counts[r] > 0)
+      check_nccl(
+          ncclRecv(dst, count_of(counts[r]), nccl_type(t), r, as_comm(comm_), as_stream(stream)),
+          "ncclRecv");
+    dst += counts[r] * es;
+  }
+  check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+}
+
 void NcclCommunicator::reduce_scatter(const void* in, void* out, int64_t count, DType t,
                                       ReduceOp op, void* stream) {
   check_nccl(ncclReduceScatter(in, out, count_of(count), nccl_type(t), nccl_op(op, t),

@@ -3,9 +3,8 @@
 // come from ncclCommSplit. Calls are enqueued on the given CUDA stream (nullptr: the default
 // stream) and return at once, as NCCL's do; synchronize(stream) waits.
 //
-// It works on raw device buffers until coil has CUDA tensors (the CUDA backend issue), which
-// will put the Tensor-level ProcessGroup on top of it. Built only when the CUDA toolkit and NCCL
-// are found (library coil_nccl).
+// It works on raw device buffers; nccl_group.h puts the Tensor-level ProcessGroup on top of it.
+// Built only when the CUDA toolkit and NCCL are found (library coil_nccl).
 #pragma once
 #include <memory>
 #include <vector>
@@ -29,6 +28,10 @@ class NcclCommunicator {
   void all_reduce(void* buf, int64_t count, DType t, ReduceOp op, void* stream = nullptr);
   // out holds size() blocks of count elements, in rank order.
   void all_gather(const void* in, void* out, int64_t count, DType t, void* stream = nullptr);
+  // Uneven all_gather: out holds counts[r] elements from rank r, in rank order (grouped sends and
+  // receives of this rank's counts[rank()] elements).
+  void all_gather_v(const void* in, void* out, const std::vector<int64_t>& counts, DType t,
+                    void* stream = nullptr);
   // in holds size() blocks of count elements; out gets this rank's block, reduced.
   void reduce_scatter(const void* in, void* out, int64_t count, DType t, ReduceOp op,
                       void* stream = nullptr);

@@ -643,6 +643,30 @@ TEST_SUITE("cuda") {
     CHECK_THROWS_WITH_AS(plain.elapsed_ms(done), doctest::Contains("timing"), Error);
   }
 
+  TEST_CASE("process groups take CUDA tensors, staged through the host for MPI") {
+    // a world of one here (no mpirun); dist/nccl's group keeps them on the GPU (nccl_check)
+    manual_seed(20);
+    dist::GroupPtr w = dist::world();
+    const Tensor v = ct::rnd({6, 3});
+    Tensor x = gpu(v);
+    w->all_reduce(x, dist::ReduceOp::kAvg)->wait();
+    CHECK(x.device() == kGpu);
+    CHECK(ct::vals(x.to(Device(kCPU))) == ct::vals(v));
+    Tensor h = gpu(v).to(kBF16).transpose(0, 1);
+    w->all_reduce(h)->wait();
+    CHECK(h.device() == kGpu);
+    CHECK(ct::vals(h.to(Device(kCPU))) == ct::vals(v.to(kBF16).transpose(0, 1)));
+    Tensor out = gpu(zeros({6, 3}));
+    w->all_gather(out, gpu(v))->wait();
+    CHECK(ct::vals(out.to(Device(kCPU))) == ct::vals(v));
+    Tensor rs = gpu(zeros({6, 3}));
+    w->reduce_scatter(rs, gpu(v))->wait();
+    CHECK(ct::vals(rs.to(Device(kCPU))) == ct::vals(v));
+    Tensor b = gpu(v);
+    w->broadcast(b, 0)->wait();
+    CHECK(ct::vals(b.to(Device(kCPU))) == ct::vals(v));
+  }
+
   TEST_CASE("pinned memory: pin_memory, non-blocking copies both ways") {
     manual_seed(19);
     const Tensor x = ct::rnd({1000, 37});
