@@ -1,5 +1,8 @@
 // The launchers of ssd_scan's chunked kernels (ssd_chunked.cuh has the kernels and the math):
 // launch.h's ScanArgs of ssd_scan into the kernels' own Args.
+#include <cstdlib>
+#include <string>
+
 #include "launch.h"
 #include "ssd_chunked.cuh"
 
@@ -27,6 +30,15 @@ ssd::Args chunked_args(const ScanArgs& a) {
   return r;
 }
 
+// The tensor cores unless COIL_SSD_SIMT=1 (float32 FMAs: the same results within rounding).
+bool use_tensor_cores() {
+  static const bool tc = [] {
+    const char* e = std::getenv("COIL_SSD_SIMT");
+    return !(e && std::string(e) == "1");
+  }();
+  return tc;
+}
+
 }  // namespace
 
 int64_t ssd_chunked_step_floats(const ScanArgs& a) { return ssd::step_floats(chunked_args(a)); }
@@ -35,9 +47,11 @@ int64_t ssd_chunked_state_floats(const ScanArgs& a) { return ssd::state_floats(c
 void launch_ssd_chunked_forward(const ScanArgs& a, float* dd, float* lc, float* states, void* y,
                                 void* y_pre, void* final_state, cudaStream_t s) {
   const ssd::Args c = chunked_args(a);
-  ssd::states_forward(c, dd, lc, states, static_cast<float*>(final_state), s);
+  const bool tc = use_tensor_cores();
+  ssd::states_forward(tc, c, dd, lc, states, static_cast<float*>(final_state), s);
   if (y)
-    ssd::output_forward(c, dd, lc, states, static_cast<float*>(y), static_cast<float*>(y_pre), s);
+    ssd::output_forward(tc, c, dd, lc, states, static_cast<float*>(y), static_cast<float*>(y_pre),
+                        s);
 }
 
 void launch_ssd_chunked_backward(const ScanArgs& a, const float* states, const void* y_pre,
@@ -58,7 +72,7 @@ void launch_ssd_chunked_backward(const ScanArgs& a, const float* states, const v
   r.dA = static_cast<float*>(g.dA);
   r.dD = static_cast<float*>(g.dD);
   r.ddt_bias = static_cast<float*>(g.dbias);
-  ssd::backward(c, dd, lc, states, r, gbuf, gy, s);
+  ssd::backward(use_tensor_cores(), c, dd, lc, states, r, gbuf, gy, s);
 }
 
 }  // namespace coil::cuda

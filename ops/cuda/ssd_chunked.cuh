@@ -96,42 +96,154 @@ struct Site {
 
 __device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-// acc[i][j] += sum_{k < K} fa(r, k) fb(k, c) at the thread's rows r = ty + 16 i and columns
-// c = tx + 16 j of a 64 x 64 tile, staged through shared As, Bs (kDepth x kLd each). fa, fb return
-// 0 outside their operand. kAk / kBk: the operand is contiguous along k (else along r / c), so
-// that consecutive threads load neighbours.
-template <bool kAk, bool kBk, class FA, class FB>
-__device__ __forceinline__ void block_product(float (&acc)[4][4], int K, const FA& fa, const FB& fb,
-                                              float* As, float* Bs) {
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+// The thread's share of a 64 x 64 product tile: acc[i][j] (R x C of them) at row row(i) and
+// column col(j). SIMT: a 16 x 16 grid of threads, 4 x 4 outputs each, 16 apart.
+template <bool kTC>
+struct Frag {
+  static constexpr int R = 4, C = 4;
+  static constexpr int kStageLd = kLd;
+  __device__ __forceinline__ static int row(int i) { return threadIdx.x / 16 + 16 * i; }
+  __device__ __forceinline__ static int col(int j) { return threadIdx.x % 16 + 16 * j; }
+};
+// Tensor cores (mma m16n8k8): warp w holds rows 16 (w % 4) .. + 15 and columns 32 (w / 4) .. +
+// 31 as four 16 x 8 tiles; lane (g = lane / 4, t = lane % 4) holds rows g and g + 8 and columns
+// 2t and 2t + 1 of each (PTX's accumulator layout). A staging row of 72 floats keeps the
+// fragment loads free of bank conflicts.
+template <>
+struct Frag<true> {
+  static constexpr int R = 2, C = 8;
+  static constexpr int kStageLd = kTile + 8;
+  __device__ __forceinline__ static int row(int i) {
+    return 16 * (threadIdx.x / 32 % 4) + threadIdx.x % 32 / 4 + 8 * i;
+  }
+  __device__ __forceinline__ static int col(int j) {
+    return 32 * (threadIdx.x / 128) + 8 * (j / 2) + 2 * (threadIdx.x % 4) + j % 2;
+  }
+};
+constexpr int kStageFloats = kDepth * (kTile + 8);  // one staging tile, either layout
+
+template <class F>
+using Acc = float[F::R][F::C];
+
+template <class F>
+__device__ __forceinline__ void zero(Acc<F>& acc) {
+  COIL_UNROLL
+  for (int i = 0; i < F::R; ++i) COIL_UNROLL
+  for (int j = 0; j < F::C; ++j) acc[i][j] = 0.0f;
+}
+
+// A float as tf32 (round to nearest, ties away: cvt.rna), in a 32-bit register.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef __CUDACC__
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#else
+  return ::coil::emu::tf32_rna(x);
+#endif
+}
+__device__ __forceinline__ float tf32_value(uint32_t r) {
+#ifdef __CUDACC__
+  return __uint_as_float(r);
+#else
+  return ::coil::emu::as_float(r);
+#endif
+}
+// d[q] += A B_q for the four 16 x 8 tiles of a warp's 16 x 32 block, each product as three tf32
+// ones (lo hi, hi lo, hi hi: float32's accuracy), in PTX's fragment layout for mma m16n8k8 (a: A's
+// rows g, g + 8 at columns t, t + 4; b[q]: B_q's rows t, t + 4 at column g; d[q] as Frag<true>).
+__device__ __forceinline__ void mma_3xtf32(float (&d)[4][4], const uint32_t (&ah)[4],
+                                           const uint32_t (&al)[4], const uint32_t (&bh)[4][2],
+                                           const uint32_t (&bl)[4][2]) {
+#ifdef __CUDACC__
+  auto mma = [](float(&c)[4], const uint32_t(&a)[4], const uint32_t(&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  };
+  COIL_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    mma(d[q], al, bh[q]);
+    mma(d[q], ah, bl[q]);
+    mma(d[q], ah, bh[q]);
+  }
+#else
+  ::coil::emu::mma_3xtf32_x4(d, ah, al, bh, bl);
+#endif
+}
+// x as hi + lo, both tf32: three tf32 products (lo hi, hi lo, hi hi) keep float32's accuracy.
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(x - tf32_value(hi));
+}
+
+// acc += sum_{k < K} fa(r, k) fb(k, c) over the block's 64 x 64 tile (the thread's share as
+// Frag<kTC>), staged through shared As, Bs (kStageFloats each). fa, fb return 0 outside their
+// operand. kAk / kBk: the operand is contiguous along k (else along r / c), so that consecutive
+// threads load neighbours.
+template <bool kTC, bool kAk, bool kBk, class FA, class FB>
+__device__ __forceinline__ void block_product(Acc<Frag<kTC>>& acc, int K, const FA& fa,
+                                              const FB& fb, float* As, float* Bs) {
+  using F = Frag<kTC>;
+  constexpr int ld = F::kStageLd;
+  const int tid = threadIdx.x;
   for (int k0 = 0; k0 < K; k0 += kDepth) {
     for (int e = tid; e < kDepth * kTile; e += kThreads) {
       const int ka = kAk ? e % kDepth : e / kTile, ra = kAk ? e / kDepth : e % kTile;
-      As[ka * kLd + ra] = k0 + ka < K ? fa(ra, k0 + ka) : 0.0f;
+      As[ka * ld + ra] = k0 + ka < K ? fa(ra, k0 + ka) : 0.0f;
       const int kb = kBk ? e % kDepth : e / kTile, cb = kBk ? e / kDepth : e % kTile;
-      Bs[kb * kLd + cb] = k0 + kb < K ? fb(k0 + kb, cb) : 0.0f;
+      Bs[kb * ld + cb] = k0 + kb < K ? fb(k0 + kb, cb) : 0.0f;
     }
     __syncthreads();
-    COIL_UNROLL
-    for (int k = 0; k < kDepth; ++k) {
-      float av[4], bv[4];
+    if constexpr (kTC) {
+      const int lane = tid % 32, g = lane / 4, t = lane % 4;
+      const int r0 = 16 * (tid / 32 % 4), c0 = 32 * (tid / 128);
       COIL_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        av[i] = As[k * kLd + ty + 16 * i];
-        bv[i] = Bs[k * kLd + tx + 16 * i];
+      for (int k8 = 0; k8 < kDepth; k8 += 8) {
+        uint32_t ah[4], al[4], bh[4][2], bl[4][2];
+        COIL_UNROLL
+        for (int r = 0; r < 4; ++r)
+          split_tf32(As[(k8 + t + 4 * (r / 2)) * ld + r0 + g + 8 * (r % 2)], ah[r], al[r]);
+        COIL_UNROLL
+        for (int q = 0; q < 4; ++q) COIL_UNROLL
+        for (int r = 0; r < 2; ++r)
+          split_tf32(Bs[(k8 + t + 4 * r) * ld + c0 + 8 * q + g], bh[q][r], bl[q][r]);
+        float d[4][4];
+        COIL_UNROLL
+        for (int q = 0; q < 4; ++q) {
+          d[q][0] = acc[0][2 * q];
+          d[q][1] = acc[0][2 * q + 1];
+          d[q][2] = acc[1][2 * q];
+          d[q][3] = acc[1][2 * q + 1];
+        }
+        mma_3xtf32(d, ah, al, bh, bl);
+        COIL_UNROLL
+        for (int q = 0; q < 4; ++q) {
+          acc[0][2 * q] = d[q][0];
+          acc[0][2 * q + 1] = d[q][1];
+          acc[1][2 * q] = d[q][2];
+          acc[1][2 * q + 1] = d[q][3];
+        }
       }
+    } else {
+      const int tx = tid % 16, ty = tid / 16;
       COIL_UNROLL
-      for (int i = 0; i < 4; ++i) COIL_UNROLL
-      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+      for (int k = 0; k < kDepth; ++k) {
+        float av[4], bv[4];
+        COIL_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          av[i] = As[k * ld + ty + 16 * i];
+          bv[i] = Bs[k * ld + tx + 16 * i];
+        }
+        COIL_UNROLL
+        for (int i = 0; i < 4; ++i) COIL_UNROLL
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+      }
     }
     __syncthreads();
   }
-}
-
-__device__ __forceinline__ void zero(float (&acc)[4][4]) {
-  COIL_UNROLL
-  for (int i = 0; i < 4; ++i) COIL_UNROLL
-  for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 }
 
 // d = softplus(dt + bias) (or dt + bias) and lc (the running sum of d A within the chunk) of
@@ -160,13 +272,15 @@ __global__ void cumsum_kernel(Args a, float* dd, float* lc) {
 // rows of [batch][L][G][N]: the forward's own end state (U = x, V = B, coef = beta d) when
 // to_end, else the backward's sum_t alpha_t gy_t C_t^T (U = gy, V = C). Grid: (batch * chunks *
 // H, P tiles * N tiles).
+template <bool kTC>
 __global__ void __launch_bounds__(kThreads)
     chunk_state_kernel(Args a, const float* U, const float* V, bool to_end, const float* dd,
                        const float* lc, float* out) {
-  __shared__ float As[kDepth * kLd], Bs[kDepth * kLd], coef[kQ];
+  __shared__ float As[kStageFloats], Bs[kStageFloats], coef[kQ];
   const Site st(a, blockIdx.x);
   const int64_t sr = st.step_row(a);
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int tid = threadIdx.x;
+  using F = Frag<kTC>;
   if (tid < kQ) {
     const float* l = lc + sr * kQ;
     coef[tid] = tid >= st.len ? 0.0f
@@ -176,17 +290,17 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int64_t tiles_n = (a.N + kTile - 1) / kTile;
   const int64_t p0 = blockIdx.y / tiles_n * kTile, n0 = blockIdx.y % tiles_n * kTile;
-  float acc[4][4];
-  zero(acc);
-  block_product<false, false>(
+  Acc<F> acc;
+  zero<F>(acc);
+  block_product<kTC, false, false>(
       acc, st.len,
       [&](int r, int q) { return p0 + r < a.P ? coef[q] * U[st.x_row(a, q) + p0 + r] : 0.0f; },
       [&](int q, int c) { return n0 + c < a.N ? V[st.bc_row(a, q) + n0 + c] : 0.0f; }, As, Bs);
   float* o = out + sr * a.P * a.N;
   COIL_UNROLL
-  for (int i = 0; i < 4; ++i) COIL_UNROLL
-  for (int j = 0; j < 4; ++j) {
-    const int64_t p = p0 + ty + 16 * i, n = n0 + tx + 16 * j;
+  for (int i = 0; i < F::R; ++i) COIL_UNROLL
+  for (int j = 0; j < F::C; ++j) {
+    const int64_t p = p0 + F::row(i), n = n0 + F::col(j);
     if (p < a.P && n < a.N) o[p * a.N + n] = acc[i][j];
   }
 }
@@ -213,13 +327,15 @@ __global__ void state_pass_kernel(int64_t batch, int64_t nc, int64_t H, int64_t 
 
 // y_pre_t = alpha_t S0 C_t + sum_{s <= t} w_ts d_s (C_t . B_s) x_s + D x_t, y = y_pre silu(z).
 // Grid: (batch * chunks * H, P tiles).
+template <bool kTC>
 __global__ void __launch_bounds__(kThreads)
     chunk_output_kernel(Args a, const float* dd, const float* lc, const float* S0s, float* y,
                         float* y_pre) {
-  __shared__ float As[kDepth * kLd], Bs[kDepth * kLd], W[kTile * kLd], lcs[kQ], dds[kQ];
+  __shared__ float As[kStageFloats], Bs[kStageFloats], W[kTile * kLd], lcs[kQ], dds[kQ];
   const Site st(a, blockIdx.x);
   const int64_t sr = st.step_row(a);
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int tid = threadIdx.x;
+  using F = Frag<kTC>;
   if (tid < kQ) {
     lcs[tid] = lc[sr * kQ + tid];
     dds[tid] = dd[sr * kQ + tid];
@@ -229,39 +345,39 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t p0 = blockIdx.y * kTile;
   auto c_at = [&](int t, int n) { return t < len ? a.C[st.bc_row(a, t) + n] : 0.0f; };
   // W[t][s] = w_ts d_s (C_t . B_s)
-  float acc[4][4];
-  zero(acc);
-  block_product<true, true>(
+  Acc<F> acc;
+  zero<F>(acc);
+  block_product<kTC, true, true>(
       acc, static_cast<int>(a.N), c_at,
       [&](int n, int s) { return s < len ? a.B[st.bc_row(a, s) + n] : 0.0f; }, As, Bs);
   COIL_UNROLL
-  for (int i = 0; i < 4; ++i) COIL_UNROLL
-  for (int j = 0; j < 4; ++j) {
-    const int t = ty + 16 * i, s = tx + 16 * j;
+  for (int i = 0; i < F::R; ++i) COIL_UNROLL
+  for (int j = 0; j < F::C; ++j) {
+    const int t = F::row(i), s = F::col(j);
     W[t * kLd + s] = s <= t && t < len ? expf(lcs[t] - lcs[s]) * dds[s] * acc[i][j] : 0.0f;
   }
   __syncthreads();
   // the state's part, alpha_t (C_t S0^T)
-  float out[4][4];
-  zero(out);
-  block_product<true, true>(
+  Acc<F> out;
+  zero<F>(out);
+  block_product<kTC, true, true>(
       out, static_cast<int>(a.N), c_at,
       [&](int n, int p) { return p0 + p < a.P ? S0[(p0 + p) * a.N + n] : 0.0f; }, As, Bs);
   COIL_UNROLL
-  for (int i = 0; i < 4; ++i) {
-    const float alpha = expf(lcs[ty + 16 * i]);
+  for (int i = 0; i < F::R; ++i) {
+    const float alpha = expf(lcs[F::row(i)]);
     COIL_UNROLL
-    for (int j = 0; j < 4; ++j) out[i][j] *= alpha;
+    for (int j = 0; j < F::C; ++j) out[i][j] *= alpha;
   }
-  block_product<false, false>(
+  block_product<kTC, false, false>(
       out, len, [&](int t, int s) { return W[t * kLd + s]; },
       [&](int s, int p) { return p0 + p < a.P ? a.x[st.x_row(a, s) + p0 + p] : 0.0f; }, As, Bs);
   const float Dh = a.D ? a.D[st.h] : 0.0f;
   COIL_UNROLL
-  for (int i = 0; i < 4; ++i) COIL_UNROLL
-  for (int j = 0; j < 4; ++j) {
-    const int t = ty + 16 * i;
-    const int64_t p = p0 + tx + 16 * j;
+  for (int i = 0; i < F::R; ++i) COIL_UNROLL
+  for (int j = 0; j < F::C; ++j) {
+    const int t = F::row(i);
+    const int64_t p = p0 + F::col(j);
     if (t >= len || p >= a.P) continue;
     const int64_t at = st.x_row(a, t) + p;
     const float v = fmaf(Dh, a.x[at], out[i][j]);
@@ -282,11 +398,12 @@ __global__ void gate_grad_kernel(int64_t n, const float* dy, const float* z, con
 
 // Shared memory of backward_kernel: W1, W2, M (kTile x kLd each), the staging tiles, the per-step
 // values and sums.
-constexpr int kBackwardSharedFloats = 3 * kTile * kLd + 2 * kDepth * kLd + 5 * kQ;
+constexpr int kBackwardSharedFloats = 3 * kTile * kLd + 2 * kStageFloats + 5 * kQ;
 constexpr size_t kBackwardSharedBytes = 2 * sizeof(double) + kBackwardSharedFloats * sizeof(float);
 
 // Every gradient of one (batch, chunk, head) from its S0, its G and gy (the file's comment has
 // the math). Grid: batch * chunks * H; kBackwardSharedBytes of dynamic shared memory.
+template <bool kTC>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Args a, const float* dd, const float* lc, const float* S0s, const float* Gs,
                     const float* gy, Grads g) {
@@ -296,15 +413,16 @@ __global__ void __launch_bounds__(kThreads)
   float* W2 = W1 + kTile * kLd;                        // w_ts d_s (gy_t . x_s)
   float* M = W2 + kTile * kLd;  // s < t: w_ts d_s (C_t . B_s)(gy_t . x_s), then prefix sums
   float* As = M + kTile * kLd;
-  float* Bs = As + kDepth * kLd;
-  float* lcs = Bs + kDepth * kLd;
+  float* Bs = As + kStageFloats;
+  float* lcs = Bs + kStageFloats;
   float* dds = lcs + kQ;
   float* T2 = dds + kQ;  // alpha_t C_t . (S0^T gy_t)
   float* T3 = T2 + kQ;   // beta_s X_s . (G B_s)
   float* XD = T3 + kQ;   // x_s . dX_s
   const Site st(a, blockIdx.x);
   const int64_t sr = st.step_row(a);
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int tid = threadIdx.x;
+  using F = Frag<kTC>;
   const int len = st.len;
   if (tid < kQ) {
     lcs[tid] = lc[sr * kQ + tid];
@@ -324,17 +442,17 @@ __global__ void __launch_bounds__(kThreads)
 
   // W1, W2 and M from C . B and gy . x
   {
-    float cb[4][4], gx[4][4];
-    zero(cb);
-    zero(gx);
-    block_product<true, true>(
+    Acc<F> cb, gx;
+    zero<F>(cb);
+    zero<F>(gx);
+    block_product<kTC, true, true>(
         cb, N, c_at, [&](int n, int s) { return b_at(s, n); }, As, Bs);
-    block_product<true, true>(
+    block_product<kTC, true, true>(
         gx, P, gy_at, [&](int p, int s) { return x_at(s, p); }, As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) COIL_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int t = ty + 16 * i, s = tx + 16 * j;
+    for (int i = 0; i < F::R; ++i) COIL_UNROLL
+    for (int j = 0; j < F::C; ++j) {
+      const int t = F::row(i), s = F::col(j);
       const float w = s <= t && t < len ? expf(lcs[t] - lcs[s]) : 0.0f;
       const float w1 = w * cb[i][j], w2 = w * dds[s] * gx[i][j];
       W1[t * kLd + s] = w1;
@@ -348,35 +466,35 @@ __global__ void __launch_bounds__(kThreads)
   const float Dh = a.D ? a.D[st.h] : 0.0f;
   float dd_part = 0.0f;
   for (int p0 = 0; p0 < P; p0 += kTile) {
-    float acc[4][4];
-    zero(acc);
-    block_product<true, true>(
+    Acc<F> acc;
+    zero<F>(acc);
+    block_product<kTC, true, true>(
         acc, N, b_at,
         [&](int n, int p) { return p0 + p < P ? G[static_cast<int64_t>(p0 + p) * N + n] : 0.0f; },
         As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int s = ty + 16 * i;
+    for (int i = 0; i < F::R; ++i) {
+      const int s = F::row(i);
       const float beta = s < len ? expf(lc_last - lcs[s]) : 0.0f;
       float t3 = 0.0f;
       COIL_UNROLL
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < F::C; ++j) {
         acc[i][j] *= beta;
-        t3 = fmaf(x_at(s, p0 + tx + 16 * j), acc[i][j], t3);
+        t3 = fmaf(x_at(s, p0 + F::col(j)), acc[i][j], t3);
       }
       if (s < len) atomicAdd(&T3[s], dds[s] * t3);
     }
-    block_product<false, false>(
+    block_product<kTC, false, false>(
         acc, len, [&](int s, int t) { return W1[t * kLd + s]; },
         [&](int t, int p) { return gy_at(t, p0 + p); }, As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int s = ty + 16 * i;
+    for (int i = 0; i < F::R; ++i) {
+      const int s = F::row(i);
       if (s >= len) continue;
       float xd = 0.0f;
       COIL_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        const int p = p0 + tx + 16 * j;
+      for (int j = 0; j < F::C; ++j) {
+        const int p = p0 + F::col(j);
         if (p >= P) continue;
         const int64_t at = st.x_row(a, s) + p;
         const float xv = a.x[at], gv = gy[at];
@@ -391,53 +509,53 @@ __global__ void __launch_bounds__(kThreads)
 
   // dC = alpha (gy S0) + W2 B, and T2; dB = beta d (x G) + W2^T C; per tile of N columns
   for (int n0 = 0; n0 < N; n0 += kTile) {
-    float acc[4][4];
-    zero(acc);
-    block_product<true, false>(
+    Acc<F> acc;
+    zero<F>(acc);
+    block_product<kTC, true, false>(
         acc, P, gy_at,
         [&](int p, int n) { return n0 + n < N ? S0[static_cast<int64_t>(p) * N + n0 + n] : 0.0f; },
         As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int t = ty + 16 * i;
+    for (int i = 0; i < F::R; ++i) {
+      const int t = F::row(i);
       const float alpha = t < len ? expf(lcs[t]) : 0.0f;
       float t2 = 0.0f;
       COIL_UNROLL
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < F::C; ++j) {
         acc[i][j] *= alpha;
-        t2 = fmaf(c_at(t, n0 + tx + 16 * j), acc[i][j], t2);
+        t2 = fmaf(c_at(t, n0 + F::col(j)), acc[i][j], t2);
       }
       if (t < len) atomicAdd(&T2[t], t2);
     }
-    block_product<false, false>(
+    block_product<kTC, false, false>(
         acc, len, [&](int t, int s) { return W2[t * kLd + s]; },
         [&](int s, int n) { return b_at(s, n0 + n); }, As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) COIL_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int t = ty + 16 * i, n = n0 + tx + 16 * j;
+    for (int i = 0; i < F::R; ++i) COIL_UNROLL
+    for (int j = 0; j < F::C; ++j) {
+      const int t = F::row(i), n = n0 + F::col(j);
       if (t < len && n < N) atomicAdd(&g.dC[st.bc_row(a, t) + n], acc[i][j]);
     }
 
-    zero(acc);
-    block_product<true, false>(
+    zero<F>(acc);
+    block_product<kTC, true, false>(
         acc, P, x_at,
         [&](int p, int n) { return n0 + n < N ? G[static_cast<int64_t>(p) * N + n0 + n] : 0.0f; },
         As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int s = ty + 16 * i;
+    for (int i = 0; i < F::R; ++i) {
+      const int s = F::row(i);
       const float f = s < len ? expf(lc_last - lcs[s]) * dds[s] : 0.0f;
       COIL_UNROLL
-      for (int j = 0; j < 4; ++j) acc[i][j] *= f;
+      for (int j = 0; j < F::C; ++j) acc[i][j] *= f;
     }
-    block_product<false, false>(
+    block_product<kTC, false, false>(
         acc, len, [&](int s, int t) { return W2[t * kLd + s]; },
         [&](int t, int n) { return c_at(t, n0 + n); }, As, Bs);
     COIL_UNROLL
-    for (int i = 0; i < 4; ++i) COIL_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int s = ty + 16 * i, n = n0 + tx + 16 * j;
+    for (int i = 0; i < F::R; ++i) COIL_UNROLL
+    for (int j = 0; j < F::C; ++j) {
+      const int s = F::row(i), n = n0 + F::col(j);
       if (s < len && n < N) atomicAdd(&g.dB[st.bc_row(a, s) + n], acc[i][j]);
     }
   }
@@ -504,31 +622,46 @@ void steps_forward(const Args& a, float* dd, float* lc, [[maybe_unused]] Stream 
 }
 // steps_forward, then S (state_floats): the state entering every chunk, kept for the backward.
 // final_state may be null.
+// The products run on the tensor cores (3xTF32: float32's accuracy) when tc, else in float32
+// FMAs; COIL_SSD_SIMT=1 in the environment picks the latter (the host side reads it).
 template <class Stream>
-void states_forward(const Args& a, float* dd, float* lc, float* S, float* final_state,
+void chunk_state(bool tc, const Args& a, const float* U, const float* V, bool to_end,
+                 const float* dd, const float* lc, float* out, [[maybe_unused]] Stream s) {
+  const dim3 grid(static_cast<unsigned>(a.batch * chunks(a.L) * a.H), tiles(a.P) * tiles(a.N));
+  if (tc)
+    COIL_SSD_LAUNCH(chunk_state_kernel<true>, grid, dim3(kThreads), 0, s, a, U, V, to_end, dd, lc,
+                    out);
+  else
+    COIL_SSD_LAUNCH(chunk_state_kernel<false>, grid, dim3(kThreads), 0, s, a, U, V, to_end, dd, lc,
+                    out);
+}
+
+template <class Stream>
+void states_forward(bool tc, const Args& a, float* dd, float* lc, float* S, float* final_state,
                     [[maybe_unused]] Stream s) {
-  const int64_t nc = chunks(a.L), sites = a.batch * nc * a.H;
+  const int64_t nc = chunks(a.L);
   steps_forward(a, dd, lc, s);
-  COIL_SSD_LAUNCH(chunk_state_kernel, dim3(static_cast<unsigned>(sites), tiles(a.P) * tiles(a.N)),
-                  dim3(kThreads), 0, s, a, a.x, a.B, true, dd, lc, S);
+  chunk_state(tc, a, a.x, a.B, true, dd, lc, S, s);
   COIL_SSD_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0,
                   s, a.batch, nc, a.H, a.P * a.N, lc, S, a.init, final_state, false);
 }
 
 // y (and y_pre when not null) from the states states_forward left.
 template <class Stream>
-void output_forward(const Args& a, const float* dd, const float* lc, const float* S, float* y,
-                    float* y_pre, [[maybe_unused]] Stream s) {
-  const int64_t sites = a.batch * chunks(a.L) * a.H;
-  COIL_SSD_LAUNCH(chunk_output_kernel, dim3(static_cast<unsigned>(sites), tiles(a.P)),
-                  dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
+void output_forward(bool tc, const Args& a, const float* dd, const float* lc, const float* S,
+                    float* y, float* y_pre, [[maybe_unused]] Stream s) {
+  const dim3 grid(static_cast<unsigned>(a.batch * chunks(a.L) * a.H), tiles(a.P));
+  if (tc)
+    COIL_SSD_LAUNCH(chunk_output_kernel<true>, grid, dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
+  else
+    COIL_SSD_LAUNCH(chunk_output_kernel<false>, grid, dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
 }
 
 // Every gradient from states_forward's dd, lc and S. Gbuf: state_floats of scratch; gy:
 // batch * L * H * P floats of scratch when z (else unused).
 template <class Stream>
-void backward(const Args& a, const float* dd, const float* lc, const float* S, const Grads& g,
-              float* Gbuf, float* gy, [[maybe_unused]] Stream s) {
+void backward(bool tc, const Args& a, const float* dd, const float* lc, const float* S,
+              const Grads& g, float* Gbuf, float* gy, [[maybe_unused]] Stream s) {
   const int64_t nc = chunks(a.L), sites = a.batch * nc * a.H;
   const float* gyp = g.dy;
   if (a.z) {
@@ -537,16 +670,21 @@ void backward(const Args& a, const float* dd, const float* lc, const float* S, c
                     g.y_pre, gy, g.dz);
     gyp = gy;
   }
-  COIL_SSD_LAUNCH(chunk_state_kernel, dim3(static_cast<unsigned>(sites), tiles(a.P) * tiles(a.N)),
-                  dim3(kThreads), 0, s, a, gyp, a.C, false, dd, lc, Gbuf);
+  chunk_state(tc, a, gyp, a.C, false, dd, lc, Gbuf, s);
   COIL_SSD_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0,
                   s, a.batch, nc, a.H, a.P * a.N, lc, Gbuf, g.dfinal, g.dinit, true);
 #ifdef __CUDACC__
-  cudaFuncSetAttribute(backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaFuncSetAttribute(backward_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(kBackwardSharedBytes));
+  cudaFuncSetAttribute(backward_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                        static_cast<int>(kBackwardSharedBytes));
 #endif
-  COIL_SSD_LAUNCH(backward_kernel, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
-                  kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
+  if (tc)
+    COIL_SSD_LAUNCH(backward_kernel<true>, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
+                    kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
+  else
+    COIL_SSD_LAUNCH(backward_kernel<false>, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
+                    kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
 }
 
 }  // namespace

@@ -4,13 +4,17 @@
 // std::atomic_ref. It checks the algorithm, not the GPU: timing, occupancy and the hardware's own
 // rounding of exp are not modelled. Include it before the kernel source (ops/cuda/*.cuh written
 // for it); kernels may use threadIdx, blockIdx, blockDim, gridDim, __shared__, dynamic shared
-// memory through the source's own macro, __syncthreads and atomicAdd, nothing warp-level.
+// memory through the source's own macro, __syncthreads, atomicAdd, and the tensor cores' tf32
+// mma through the source's own wrapper (mma_m16n8k8_tf32 below, in PTX's fragment layout).
 #pragma once
 #include <atomic>
+#include <algorithm>
 #include <barrier>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -31,6 +35,64 @@ inline thread_local std::barrier<>* block_barrier = nullptr;
 inline std::vector<double> shared_block;  // the launch's dynamic shared memory
 
 inline double* dynamic_shared() { return shared_block.data(); }
+
+// Warp-collective instructions: the warp's 32 threads meet at a barrier of their own and exchange
+// registers through the warp's slots.
+struct Warp {
+  explicit Warp(unsigned lanes) : bar(lanes) {}
+  std::barrier<> bar;
+  uint32_t a[2][32][4] = {}, b[8][32][2] = {};  // a: hi, lo; b: hi of 4 tiles, lo of 4
+};
+inline thread_local Warp* this_warp = nullptr;
+
+inline float as_float(uint32_t r) { return std::bit_cast<float>(r); }
+// cvt.rna.tf32.f32: round the low 13 mantissa bits away, to nearest, ties away from zero.
+inline uint32_t tf32_rna(float x) {
+  uint32_t r = std::bit_cast<uint32_t>(x);
+  if ((r & 0x7f800000u) != 0x7f800000u) r += 0x1000u;  // not inf or NaN
+  return r & 0xffffe000u;
+}
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 as PTX lays out its fragments: lane l (g =
+// l / 4, t = l % 4) holds A (16 x 8) at (g + 8 (r % 2), t + 4 (r / 2)) in a[r], B (8 x 8) at
+// (t + 4 r, g) in b[r], and D (16 x 8) at (g + 8 (r / 2), 2 t + r % 2) in d[r]. A and B come from
+// the warp's slots (ai, bi: which of them), in the order the hardware sums: k = 0 .. 7 onto d.
+inline void mma_from_slots(const Warp& w, unsigned lane, int ai, int bi, float (&d)[4]) {
+  const unsigned g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = d[r];
+    for (unsigned k = 0; k < 8; ++k) {
+      const uint32_t a = w.a[ai][(row % 8) * 4 + k % 4][row / 8 + 2 * (k / 4)];
+      const uint32_t b = w.b[bi][col * 4 + k % 4][k / 4];
+      acc = std::fma(as_float(a & 0xffffe000u), as_float(b & 0xffffe000u), acc);
+    }
+    d[r] = acc;
+  }
+}
+// The kernel source's mma_3xtf32: per tile q, mma(lo, hi), mma(hi, lo), mma(hi, hi), with one
+// exchange for all twelve.
+inline void mma_3xtf32_x4(float (&d)[4][4], const uint32_t (&ah)[4], const uint32_t (&al)[4],
+                          const uint32_t (&bh)[4][2], const uint32_t (&bl)[4][2]) {
+  Warp& w = *this_warp;
+  const unsigned lane = thread_idx.x % 32;
+  for (int r = 0; r < 4; ++r) {
+    w.a[0][lane][r] = ah[r];
+    w.a[1][lane][r] = al[r];
+  }
+  for (int q = 0; q < 4; ++q)
+    for (int r = 0; r < 2; ++r) {
+      w.b[q][lane][r] = bh[q][r];
+      w.b[4 + q][lane][r] = bl[q][r];
+    }
+  w.bar.arrive_and_wait();
+  for (int q = 0; q < 4; ++q) {
+    mma_from_slots(w, lane, 1, q, d[q]);      // lo hi
+    mma_from_slots(w, lane, 0, 4 + q, d[q]);  // hi lo
+    mma_from_slots(w, lane, 0, q, d[q]);      // hi hi
+  }
+  w.bar.arrive_and_wait();  // every lane has read the slots before they are written again
+}
+
 inline void syncthreads() { block_barrier->arrive_and_wait(); }
 
 template <class T>
@@ -48,11 +110,15 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... arg
   grid_dim = grid;
   shared_block.assign((smem + sizeof(double) - 1) / sizeof(double), 0.0);
   std::barrier<> bar(nt);
+  std::vector<std::unique_ptr<Warp>> warps;
+  for (unsigned w = 0; w * 32 < nt; ++w)
+    warps.push_back(std::make_unique<Warp>(std::min(32u, nt - w * 32)));
   std::vector<std::thread> threads;
   threads.reserve(nt);
   for (unsigned i = 0; i < nt; ++i)
     threads.emplace_back([&, i] {
       block_barrier = &bar;
+      this_warp = warps[i / 32].get();
       thread_idx = {i % block.x, i / block.x % block.y, i / (block.x * block.y)};
       for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)

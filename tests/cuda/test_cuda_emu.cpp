@@ -33,75 +33,77 @@ void check_near(const Tensor& got, const Tensor& ref, double rtol, const std::st
 
 TEST_SUITE("cuda.emu") {
   TEST_CASE("ssd_scan's chunked CUDA kernels match the CPU op in float64, forward and backward") {
-    manual_seed(21);
-    for (const ct::SsdCase& k : ct::ssd_chunked_cases(false)) {
-      CAPTURE(k.L);
-      CAPTURE(k.P);
-      CAPTURE(k.N);
-      const DType t = kF64;
-      TensorList in = ct::ssd_case_inputs(k, t);
-      const Tensor dy = ct::rnd({k.Bt, k.L, k.H, k.P}, t);
-      const Tensor dfin = k.dfin ? ct::rnd({k.Bt, k.H, k.P, k.N}, t) : Tensor();
-      // the reference: the CPU op in float64 with autograd
-      TensorList leaves;
-      for (const Tensor& v : in) leaves.push_back(v.defined() ? v.detach().requires_grad_() : v);
-      SsdScanOptions o = ct::ssd_options(leaves, k.softplus);
-      auto [y_ref, fin_ref] =
-          ssd_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], 64, o);
-      Tensor loss = (y_ref * dy).sum();
-      if (k.dfin) loss = loss + (fin_ref * dfin).sum();
-      loss.backward();
+    for (const bool tc : {false, true})  // float32 FMAs, and the tensor cores' 3xTF32
+      for (const ct::SsdCase& k : ct::ssd_chunked_cases(false)) {
+        manual_seed(21);
+        CAPTURE(tc);
+        CAPTURE(k.L);
+        CAPTURE(k.P);
+        CAPTURE(k.N);
+        const DType t = kF64;
+        TensorList in = ct::ssd_case_inputs(k, t);
+        const Tensor dy = ct::rnd({k.Bt, k.L, k.H, k.P}, t);
+        const Tensor dfin = k.dfin ? ct::rnd({k.Bt, k.H, k.P, k.N}, t) : Tensor();
+        // the reference: the CPU op in float64 with autograd
+        TensorList leaves;
+        for (const Tensor& v : in) leaves.push_back(v.defined() ? v.detach().requires_grad_() : v);
+        SsdScanOptions o = ct::ssd_options(leaves, k.softplus);
+        auto [y_ref, fin_ref] =
+            ssd_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], 64, o);
+        Tensor loss = (y_ref * dy).sum();
+        if (k.dfin) loss = loss + (fin_ref * dfin).sum();
+        loss.backward();
 
-      // the kernels, emulated, in f32
-      TensorList v;
-      for (const Tensor& x : in) v.push_back(f32(x));
-      cuda::ssd::Args a;
-      a.batch = k.Bt;
-      a.L = k.L;
-      a.H = k.H;
-      a.P = k.P;
-      a.N = k.N;
-      a.G = k.G;
-      a.softplus = k.softplus;
-      a.x = fp(v[0]);
-      a.dt = fp(v[1]);
-      a.A = fp(v[2]);
-      a.B = fp(v[3]);
-      a.C = fp(v[4]);
-      a.D = fp(v[5]);
-      a.z = fp(v[6]);
-      a.dt_bias = fp(v[7]);
-      a.init = fp(v[8]);
-      const int64_t steps = cuda::ssd::step_floats(a), states = cuda::ssd::state_floats(a);
-      Tensor dd = zeros32({steps}), lc = zeros32({steps}), S = zeros32({states});
-      Tensor y = zeros32(v[0].sizes()), y_pre = zeros32(v[0].sizes());
-      Tensor fin = zeros32({k.Bt, k.H, k.P, k.N});
-      cuda::ssd::states_forward(a, mp(dd), mp(lc), mp(S), mp(fin), nullptr);
-      cuda::ssd::output_forward(a, fp(dd), fp(lc), fp(S), mp(y), mp(y_pre), nullptr);
-      check_near(y, y_ref.detach(), 2e-5, "y");
-      check_near(fin, fin_ref.detach(), 2e-5, "final state");
+        // the kernels, emulated, in f32
+        TensorList v;
+        for (const Tensor& x : in) v.push_back(f32(x));
+        cuda::ssd::Args a;
+        a.batch = k.Bt;
+        a.L = k.L;
+        a.H = k.H;
+        a.P = k.P;
+        a.N = k.N;
+        a.G = k.G;
+        a.softplus = k.softplus;
+        a.x = fp(v[0]);
+        a.dt = fp(v[1]);
+        a.A = fp(v[2]);
+        a.B = fp(v[3]);
+        a.C = fp(v[4]);
+        a.D = fp(v[5]);
+        a.z = fp(v[6]);
+        a.dt_bias = fp(v[7]);
+        a.init = fp(v[8]);
+        const int64_t steps = cuda::ssd::step_floats(a), states = cuda::ssd::state_floats(a);
+        Tensor dd = zeros32({steps}), lc = zeros32({steps}), S = zeros32({states});
+        Tensor y = zeros32(v[0].sizes()), y_pre = zeros32(v[0].sizes());
+        Tensor fin = zeros32({k.Bt, k.H, k.P, k.N});
+        cuda::ssd::states_forward(tc, a, mp(dd), mp(lc), mp(S), mp(fin), nullptr);
+        cuda::ssd::output_forward(tc, a, fp(dd), fp(lc), fp(S), mp(y), mp(y_pre), nullptr);
+        check_near(y, y_ref.detach(), 2e-5, "y");
+        check_near(fin, fin_ref.detach(), 2e-5, "final state");
 
-      cuda::ssd::Grads g;
-      const Tensor dy32 = f32(dy), dfin32 = f32(dfin);
-      g.dy = fp(dy32);
-      g.dfinal = fp(dfin32);
-      g.y_pre = fp(y_pre);
-      TensorList grads;
-      for (const Tensor& x : v) grads.push_back(x.defined() ? zeros32(x.sizes()) : Tensor());
-      g.dx = mp(grads[0]);
-      g.ddt = mp(grads[1]);
-      g.dA = mp(grads[2]);
-      g.dB = mp(grads[3]);
-      g.dC = mp(grads[4]);
-      g.dD = mp(grads[5]);
-      g.dz = mp(grads[6]);
-      g.ddt_bias = mp(grads[7]);
-      g.dinit = mp(grads[8]);
-      Tensor Gbuf = zeros32({states}), gy = zeros32(v[0].sizes());
-      cuda::ssd::backward(a, fp(dd), fp(lc), fp(S), g, mp(Gbuf), mp(gy), nullptr);
-      const char* names[] = {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"};
-      for (size_t i = 0; i < v.size(); ++i)
-        if (v[i].defined()) check_near(grads[i], leaves[i].grad(), 1e-4, names[i]);
-    }
+        cuda::ssd::Grads g;
+        const Tensor dy32 = f32(dy), dfin32 = f32(dfin);
+        g.dy = fp(dy32);
+        g.dfinal = fp(dfin32);
+        g.y_pre = fp(y_pre);
+        TensorList grads;
+        for (const Tensor& x : v) grads.push_back(x.defined() ? zeros32(x.sizes()) : Tensor());
+        g.dx = mp(grads[0]);
+        g.ddt = mp(grads[1]);
+        g.dA = mp(grads[2]);
+        g.dB = mp(grads[3]);
+        g.dC = mp(grads[4]);
+        g.dD = mp(grads[5]);
+        g.dz = mp(grads[6]);
+        g.ddt_bias = mp(grads[7]);
+        g.dinit = mp(grads[8]);
+        Tensor Gbuf = zeros32({states}), gy = zeros32(v[0].sizes());
+        cuda::ssd::backward(tc, a, fp(dd), fp(lc), fp(S), g, mp(Gbuf), mp(gy), nullptr);
+        const char* names[] = {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"};
+        for (size_t i = 0; i < v.size(); ++i)
+          if (v[i].defined()) check_near(grads[i], leaves[i].grad(), 1e-4, names[i]);
+      }
   }
 }
