@@ -132,7 +132,9 @@ int main() try {
     train_step(nn::MambaConfig::mamba_130m(), "mamba-130m", B, L);
     return 0;
   }
-  {  // selective_scan, Mamba-1 shapes (mamba-130m: d_inner 1536, N 16)
+  // BENCH_CUDA_ONLY=ssd: the ssd_scan cases alone (with COIL_SSD_SIMT=1: its float32-FMA path)
+  const bool ssd_only = only && std::string(only) == "ssd";
+  if (!ssd_only) {  // selective_scan, Mamba-1 shapes (mamba-130m: d_inner 1536, N 16)
     const int64_t D = 1536, N = 16;
     Tensor u = dev({B, L, D}, -1, 1, true), delta = dev({B, L, D}, -4, 0, true);
     Tensor A = (-dev({D, N}, 0.5, 2, false)).requires_grad_();
@@ -180,19 +182,24 @@ int main() try {
     o.dt_softplus = true;
     const double tok = double(B) * L, act = tok * H * P * 4, bc = tok * N * 4, dtb = tok * H * 4;
     const double fwd_bytes = 2 * act + dtb + 2 * bc + act;
+    // f32 runs the chunked kernels: on the tensor cores, or in float32 FMAs (COIL_SSD_SIMT=1)
+    const char* simt = std::getenv("COIL_SSD_SIMT");
+    const char* ssd_name =
+        simt && std::string(simt) == "1" ? "ssd_scan path=simt" : "ssd_scan path=tc";
     const double bwd_bytes = 3 * act + dtb + 2 * bc + 2 * act + dtb + 2 * bc;
     {
       NoGradGuard ng;
       const double ms = time_case([&] { ssd_scan(x, dt, A, Bm, Cm, 256, o); });
-      report("ssd_scan", "fwd", B, L, H * P, N, ms, fwd_bytes, tok * H, bw, exp_rate);
+      report(ssd_name, "fwd", B, L, H * P, N, ms, fwd_bytes, tok * H, bw, exp_rate);
     }
     const double ms = time_case([&] {
       Tensor y = ssd_scan(x, dt, A, Bm, Cm, 256, o).first;
       y.backward(dy);
     });
-    report("ssd_scan", "fwd_bwd", B, L, H * P, N, ms, fwd_bytes + bwd_bytes, 2 * tok * H, bw,
+    report(ssd_name, "fwd_bwd", B, L, H * P, N, ms, fwd_bytes + bwd_bytes, 2 * tok * H, bw,
            exp_rate);
   }
+  if (ssd_only) return 0;
   train_step(nn::MambaConfig::mamba_130m(), "mamba-130m", B, L);
   train_step(nn::MambaConfig::mamba2_130m(), "mamba2-130m", B, L);
   return 0;

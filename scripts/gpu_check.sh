@@ -67,11 +67,13 @@ run() {
   fi
   step core_on_cpu .gpu/coil_tests --test-suite=core.tensor,ops.binary,ops.reduce,ops.softmax
   step bench_cuda .gpu/bench_cuda
+  # ssd_scan's chunked kernels again on float32 FMAs instead of the tensor cores (A/B)
+  step ssd_simt env COIL_SSD_SIMT=1 BENCH_CUDA_ONLY=ssd .gpu/bench_cuda
   if [ -n "${OUT:-}" ]; then cp gpu_*.log "$OUT/" 2>/dev/null; fi
   echo
   echo "== gpu_check"
   printf '%s\n' "${results[@]}"
-  grep -h "^bench=" gpu_bench_cuda.log 2>/dev/null
+  grep -h "^bench=" gpu_bench_cuda.log gpu_ssd_simt.log 2>/dev/null
 }
 
 case "$mode" in

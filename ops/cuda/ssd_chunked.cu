@@ -31,12 +31,10 @@ ssd::Args chunked_args(const ScanArgs& a) {
 }
 
 // The tensor cores unless COIL_SSD_SIMT=1 (float32 FMAs: the same results within rounding).
+// Read at every call (a getenv beside several kernel launches), so a test can take both paths.
 bool use_tensor_cores() {
-  static const bool tc = [] {
-    const char* e = std::getenv("COIL_SSD_SIMT");
-    return !(e && std::string(e) == "1");
-  }();
-  return tc;
+  const char* e = std::getenv("COIL_SSD_SIMT");
+  return !(e && std::string(e) == "1");
 }
 
 }  // namespace

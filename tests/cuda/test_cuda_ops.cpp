@@ -445,38 +445,42 @@ TEST_SUITE("cuda") {
   TEST_CASE("ssd_scan's chunked kernels: chunk edges, tiles, optional inputs, every gradient") {
     // f32 takes the chunked kernels (ssd_chunked.cuh; the cuda.emu suite runs the same source on
     // the CPU): 64-step chunks, products in 64 x 64 tiles of headdim and N.
-    manual_seed(16);
-    for (const ct::SsdCase& k : ct::ssd_chunked_cases(true)) {
-      CAPTURE(k.L);
-      CAPTURE(k.P);
-      CAPTURE(k.N);
-      const DType t = kF32;
-      TensorList in = ct::ssd_case_inputs(k, t);
-      std::vector<size_t> used;
-      TensorList leaves;
-      std::vector<std::string> names;
-      const char* all[] = {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"};
-      for (size_t i = 0; i < in.size(); ++i)
-        if (in[i].defined()) {
-          used.push_back(i);
-          leaves.push_back(in[i]);
-          names.push_back(all[i]);
-        }
-      Tensor dy = ct::rnd({k.Bt, k.L, k.H, k.P}, t), dfin = ct::rnd({k.Bt, k.H, k.P, k.N}, t);
-      compare_with_grads(
-          leaves,
-          [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
-            TensorList w(in.size());
-            for (size_t i = 0; i < used.size(); ++i) w[used[i]] = v[i];
-            const SsdScanOptions o = ct::ssd_options(w, k.softplus);
-            auto [y, fin] = ssd_scan(w[0], w[1], w[2], w[3], w[4], 64, o);
-            Tensor loss = (y * on(dy)).sum();
-            if (k.dfin) loss = loss + (fin * on(dfin)).sum();
-            loss.backward();
-            return TensorList{y, fin};
-          },
-          names, 2e-5, 1e-4);
-    }
+    for (const char* simt : {"0", "1"})  // the tensor cores' 3xTF32, then float32 FMAs
+      for (const ct::SsdCase& k : ct::ssd_chunked_cases(true)) {
+        manual_seed(16);
+        setenv("COIL_SSD_SIMT", simt, 1);
+        CAPTURE(simt);
+        CAPTURE(k.L);
+        CAPTURE(k.P);
+        CAPTURE(k.N);
+        const DType t = kF32;
+        TensorList in = ct::ssd_case_inputs(k, t);
+        std::vector<size_t> used;
+        TensorList leaves;
+        std::vector<std::string> names;
+        const char* all[] = {"dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"};
+        for (size_t i = 0; i < in.size(); ++i)
+          if (in[i].defined()) {
+            used.push_back(i);
+            leaves.push_back(in[i]);
+            names.push_back(all[i]);
+          }
+        Tensor dy = ct::rnd({k.Bt, k.L, k.H, k.P}, t), dfin = ct::rnd({k.Bt, k.H, k.P, k.N}, t);
+        compare_with_grads(
+            leaves,
+            [&](const TensorList& v, const std::function<Tensor(Tensor)>& on) {
+              TensorList w(in.size());
+              for (size_t i = 0; i < used.size(); ++i) w[used[i]] = v[i];
+              const SsdScanOptions o = ct::ssd_options(w, k.softplus);
+              auto [y, fin] = ssd_scan(w[0], w[1], w[2], w[3], w[4], 64, o);
+              Tensor loss = (y * on(dy)).sum();
+              if (k.dfin) loss = loss + (fin * on(dfin)).sum();
+              loss.backward();
+              return TensorList{y, fin};
+            },
+            names, 2e-5, 1e-4);
+      }
+    unsetenv("COIL_SSD_SIMT");
   }
 
   TEST_CASE("ssd_scan's chunked backward recomputes the states a forward did not keep") {
