@@ -11,10 +11,11 @@
 //
 // Every kernel and copy coil issues on a device goes to that device's current stream: coil's own
 // default stream, unless a StreamGuard on this thread names another. Work on one stream runs in
-// order; streams are ordered against each other only through events (or synchronize). Memory
-// freed after use on a stream is reused only by allocations on the same stream, so a tensor that
-// another stream still reads must be kept alive until that stream is done with it (record an
-// event there and wait for it). CPU devices have no streams: asking for one is an error.
+// order; streams are ordered against each other only through events (or synchronize). A
+// tensor's memory, once freed, is reused only by allocations on the stream it was allocated on,
+// so a tensor that another stream still reads must be kept alive until that stream is done with
+// it (record an event there and wait for it). CPU devices have no streams: asking for one is an
+// error.
 #pragma once
 #include <memory>
 

@@ -88,7 +88,8 @@ void check_index(int index) {
 // size) free lists, as PyTorch's caching allocator does, so a training step reuses the last
 // step's memory and never calls cudaMalloc (which synchronises the device) in steady state.
 // Free lists are per stream too: a block comes back only to allocations on the stream it was
-// last used on, whose work is ordered after that use (core/stream.h states the rule for others).
+// allocated on, whose work is ordered after its uses there (core/stream.h states the rule for
+// uses on other streams).
 size_t bucket_size(size_t n) {
   if (n <= (size_t(1) << 20)) return (std::max<size_t>(n, 1) + 511) / 512 * 512;
   const size_t two = size_t(2) << 20;
