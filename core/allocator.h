@@ -26,6 +26,12 @@ class Allocator {
     return allocate(nbytes);
   }
   virtual void deallocate(void* ptr, size_t nbytes) = 0;
+  // Marks the block at ptr as used by the (backend) stream too: once freed, it is reused only
+  // after the work queued on that stream by then is done (Tensor::record_stream).
+  virtual void record_stream(void* ptr, void* stream) {
+    (void)ptr;
+    (void)stream;
+  }
   // A cap on the memory the allocator holds on device `index` (blocks in use plus cached), 0
   // for none. A request that would pass it first gives the cache back, then throws coil::Error
   // with the size and the statistics; so does a real failure of the system allocator.

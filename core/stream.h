@@ -14,8 +14,8 @@
 // order; streams are ordered against each other only through events (or synchronize). A
 // tensor's memory, once freed, is reused only by allocations on the stream it was allocated on,
 // so a tensor that another stream still reads must be kept alive until that stream is done with
-// it (record an event there and wait for it). CPU devices have no streams: asking for one is an
-// error.
+// it (record an event there and wait for it), or be marked with Tensor::record_stream. CPU
+// devices have no streams: asking for one is an error.
 #pragma once
 #include <memory>
 

@@ -21,6 +21,10 @@
 #include "scalar.h"
 
 namespace coil {
+class Stream;  // core/stream.h
+}  // namespace coil
+
+namespace coil {
 
 using Shape = std::vector<int64_t>;
 class Tensor;
@@ -172,6 +176,10 @@ class Tensor {
   // needs a GPU), and whether this tensor's memory is such.
   Tensor pin_memory() const;
   bool is_pinned() const;
+  // Tells the CUDA caching allocator that stream s uses this tensor's memory too (it was
+  // allocated on another), so that once freed it is not handed out again before the work queued
+  // on s by then is done (PyTorch's record_stream). A no-op on the CPU.
+  void record_stream(const Stream& s) const;
   Tensor& copy_(const Tensor& src);
   Tensor& fill_(Scalar v);
   Tensor& zero_() { return fill_(0); }

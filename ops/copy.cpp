@@ -3,6 +3,8 @@
 #include "copy.h"
 
 #include "../autograd/autograd.h"
+#include "../core/allocator.h"
+#include "../core/stream.h"
 #include "binary.h"
 #include "creation.h"
 #include "op_helpers.h"
@@ -67,6 +69,15 @@ Tensor pinned_empty(const Shape& sizes, DType t) {
   return from_blob(p, sizes, Options(t), std::shared_ptr<void>(p, cuda_hooks().host_free));
 }
 }  // namespace
+
+void Tensor::record_stream(const Stream& s) const {
+  COIL_CHECK(defined(), "record_stream: the tensor is undefined");
+  if (!device().is_cuda() || numel() == 0) return;
+  COIL_CHECK(s.defined() && s.device() == device(), "record_stream: the stream is on ",
+             s.defined() ? s.device().str() : std::string("no device"), ", the tensor on ",
+             device());
+  get_allocator(kCUDA)->record_stream(impl().storage->data, s.native());
+}
 
 bool Tensor::is_pinned() const {
   return defined() && device().is_cpu() && cuda_hooks().is_pinned && numel() > 0 &&

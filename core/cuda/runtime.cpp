@@ -107,6 +107,7 @@ class CudaCachingAllocator final : public Allocator {
     void* p = nullptr;
     // blocks are reused only on the stream they were freed from (their last use is ordered)
     const cudaStream_t on = current_stream_of(index);
+    collect_pending();
     auto& list = free_[{index, on, b}];
     if (!list.empty()) {
       p = list.back();
@@ -134,7 +135,7 @@ class CudaCachingAllocator final : public Allocator {
       stats_.num_system_allocs++;
       held_[index] += want;
     }
-    live_[p] = {index, on, b};
+    live_[p] = Live{index, on, b, {}};
     stats_.bytes_in_use += static_cast<int64_t>(b);
     stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
     return p;
@@ -144,11 +145,33 @@ class CudaCachingAllocator final : public Allocator {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = live_.find(p);
     if (it == live_.end()) return;
-    const auto [index, on, b] = it->second;
+    Live l = std::move(it->second);
     live_.erase(it);
-    free_[{index, on, b}].push_back(p);
-    stats_.bytes_in_use -= static_cast<int64_t>(b);
-    stats_.bytes_cached += static_cast<int64_t>(b);
+    stats_.bytes_in_use -= static_cast<int64_t>(l.bytes);
+    stats_.bytes_cached += static_cast<int64_t>(l.bytes);
+    if (l.others.empty()) {
+      free_[{l.index, l.stream, l.bytes}].push_back(p);
+      return;
+    }
+    // used on other streams too: free once their work queued so far is done
+    Pending pend{p, l.index, l.stream, l.bytes, {}};
+    DeviceGuard g(Device(kCUDA, l.index));
+    for (cudaStream_t o : l.others) {
+      cudaEvent_t e = nullptr;
+      check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+      check(cudaEventRecord(e, o), "cudaEventRecord");
+      pend.events.push_back(e);
+    }
+    pending_.push_back(std::move(pend));
+  }
+  void record_stream(void* p, void* stream) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = live_.find(p);
+    COIL_CHECK(it != live_.end(), "record_stream: the tensor's memory is not a live CUDA block");
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    Live& l = it->second;
+    if (s != l.stream && std::find(l.others.begin(), l.others.end(), s) == l.others.end())
+      l.others.push_back(s);
   }
   void set_memory_cap(int64_t bytes, int index) override {
     check_index(index);
@@ -175,13 +198,16 @@ class CudaCachingAllocator final : public Allocator {
 
  private:
   void release_cached(int index) {  // mu_ held
-    bool synced = false;
+    bool any = false;
+    for (const auto& [key, list] : free_) any = any || (std::get<0>(key) == index && !list.empty());
+    for (const Pending& q : pending_) any = any || q.index == index;
+    if (!any) return;  // (also: no device calls for devices that do not exist)
+    DeviceGuard g(Device(kCUDA, index));
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // every stream's work
+    collect_pending();                                        // so every event is done
     for (auto& [key, list] : free_) {
       const auto& [dev, on, b] = key;
-      if (dev != index || list.empty()) continue;
-      DeviceGuard g(Device(kCUDA, index));
-      if (!synced) check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // every stream
-      synced = true;
+      if (dev != index) continue;
       for (void* p : list) {
         cudaFree(p);
         stats_.bytes_cached -= static_cast<int64_t>(b);
@@ -192,9 +218,41 @@ class CudaCachingAllocator final : public Allocator {
   }
   struct Live {
     int index;
+    cudaStream_t stream;  // allocated on
+    size_t bytes;
+    std::vector<cudaStream_t> others;  // record_stream's
+  };
+  struct Pending {  // freed, waiting for the work of other streams that used it
+    void* p;
+    int index;
     cudaStream_t stream;
     size_t bytes;
+    std::vector<cudaEvent_t> events;
   };
+  // Moves the pending blocks whose events are done to their free lists (mu_ held).
+  void collect_pending() {
+    for (size_t i = 0; i < pending_.size();) {
+      Pending& q = pending_[i];
+      bool done = true;
+      for (cudaEvent_t e : q.events) {
+        const cudaError_t st = cudaEventQuery(e);
+        if (st == cudaErrorNotReady) {
+          (void)cudaGetLastError();
+          done = false;
+          break;
+        }
+      }
+      if (!done) {
+        ++i;
+        continue;
+      }
+      for (cudaEvent_t e : q.events) cudaEventDestroy(e);
+      free_[{q.index, q.stream, q.bytes}].push_back(q.p);
+      pending_[i] = std::move(pending_.back());
+      pending_.pop_back();
+    }
+  }
+  std::vector<Pending> pending_;
   mutable std::mutex mu_;
   std::map<std::tuple<int, cudaStream_t, size_t>, std::vector<void*>> free_;
   std::unordered_map<void*, Live> live_;

@@ -641,6 +641,22 @@ TEST_SUITE("cuda") {
     CHECK(side.query());
     CHECK(start.elapsed_ms(done) > 0.0f);
     side.synchronize();
+    // a tensor of the main stream read on the side one: record_stream keeps its block from
+    // being handed out again before the side stream's reads are done
+    {
+      Tensor big = gpu(ct::rnd({2048, 2048}));
+      Tensor want = matmul(big, big).to(Device(kCPU));
+      Tensor got;
+      {
+        StreamGuard g(side);
+        got = matmul(big, big);
+        big.record_stream(side);
+      }
+      big = Tensor();  // freed while the side stream may still read it
+      Tensor other = gpu(zeros({2048, 2048})) + 1.0;  // main-stream work that may want the block
+      side.synchronize();
+      check_same(got, want, "record_stream", 1e-5);
+    }
     // an event made without timing cannot time
     Event plain(kGpu);
     plain.record(side);
