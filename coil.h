@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/op_table.h"
 #include "core/parallel.h"
+#include "core/profiler.h"
 #include "core/rng.h"
 #include "core/scalar.h"
 #include "core/stream.h"

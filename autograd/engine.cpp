@@ -208,6 +208,7 @@ void run_backward(const TensorList& roots, const TensorList& root_grads, bool re
     const TensorList grads_in = anomaly_mode() ? grads : TensorList{};
     {
       AnomalyContext ctx(n->name);
+      profiler::BackwardPhase phase;
       in_grads = n->apply(std::move(grads));
     }
     if (!retain_graph) n->release();

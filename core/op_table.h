@@ -7,9 +7,11 @@
 #include <array>
 #include <functional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
+#include "profiler.h"
 #include "tensor.h"
 
 namespace coil {
@@ -78,12 +80,27 @@ struct OpRegistrar {
   explicit OpRegistrar(void (*fn)()) { fn(); }
 };
 
+// A kernel of the op table, called as the function it is; the call is timed under the op's name
+// when the profiler (core/profiler.h) is on.
+template <class Fn>
+struct KernelCall;
+template <class R, class... A>
+struct KernelCall<R (*)(A...)> {
+  R (*fn)(A...);
+  const OpInfo* op;
+  R operator()(A... args) const {
+    if (!profiler::enabled()) return fn(std::forward<A>(args)...);
+    profiler::Scope timed(op->name.c_str());
+    return fn(std::forward<A>(args)...);
+  }
+};
+
 // The kernel of `op` for the device of `t`, or an error naming both.
 template <class Fn>
-Fn kernel_for(const OpInfo& op, Device d) {
+KernelCall<Fn> kernel_for(const OpInfo& op, Device d) {
   const void* k = op.kernel(d.type);
   COIL_CHECK(k, op.name, ": no kernel for device ", d, " in this build");
-  return reinterpret_cast<Fn>(const_cast<void*>(k));
+  return {reinterpret_cast<Fn>(const_cast<void*>(k)), &op};
 }
 
 // ---- distributed-tensor hook ----

@@ -69,11 +69,14 @@ run() {
   step bench_cuda .gpu/bench_cuda
   # ssd_scan's chunked kernels again on float32 FMAs instead of the tensor cores (A/B)
   step ssd_simt env COIL_SSD_SIMT=1 BENCH_CUDA_ONLY=ssd .gpu/bench_cuda
+  # where the mamba-130m training step's time goes, per op (core/profiler.h; slower while on)
+  step profile_train env COIL_PROFILE=1 BENCH_CUDA_ONLY=train .gpu/bench_cuda
   if [ -n "${OUT:-}" ]; then cp gpu_*.log "$OUT/" 2>/dev/null; fi
   echo
   echo "== gpu_check"
   printf '%s\n' "${results[@]}"
   grep -h "^bench=" gpu_bench_cuda.log gpu_ssd_simt.log 2>/dev/null
+  grep -h "^profile" gpu_profile_train.log 2>/dev/null | head -25
 }
 
 case "$mode" in
