@@ -105,7 +105,7 @@ class CudaCachingAllocator final : public Allocator {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.num_allocs++;
     void* p = nullptr;
-    // blocks are reused only on the stream they were freed from (their last use is ordered)
+    // blocks are reused only on the stream they were allocated on (their uses there are ordered)
     const cudaStream_t on = current_stream_of(index);
     collect_pending();
     auto& list = free_[{index, on, b}];
@@ -156,11 +156,16 @@ class CudaCachingAllocator final : public Allocator {
     // used on other streams too: free once their work queued so far is done
     Pending pend{p, l.index, l.stream, l.bytes, {}};
     DeviceGuard g(Device(kCUDA, l.index));
-    for (cudaStream_t o : l.others) {
+    for (cudaStream_t o : l.others) {  // (no throwing here: tensors free it in destructors)
       cudaEvent_t e = nullptr;
-      check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
-      check(cudaEventRecord(e, o), "cudaEventRecord");
-      pend.events.push_back(e);
+      if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess &&
+          cudaEventRecord(e, o) == cudaSuccess) {
+        pend.events.push_back(e);
+      } else {
+        (void)cudaGetLastError();
+        if (e) cudaEventDestroy(e);
+        cudaStreamSynchronize(o);  // no event: wait for that stream now
+      }
     }
     pending_.push_back(std::move(pend));
   }
