@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "scan_args.h"
+
 namespace coil::cuda {
 
 constexpr int kMaxDims = 8;
@@ -81,43 +83,17 @@ void launch_dropout(Ty t, void* out, uint8_t* mask, const void* in, int64_t n, d
 void launch_sort(Ty t, void* values, int64_t* indices, const void* in, int64_t outer, int64_t n,
                  int64_t k, bool descending, cudaStream_t s);
 
-// ---- diagonal state-space scans: Mamba-1's selective_scan and Mamba-2's ssd_scan are one
-// recurrence over channels c of (batch, L, dim) with states (batch, dim, N):
-//   h_t[n] = exp(d_t a[n]) h_{t-1}[n] + d_t B_t[n] u_t,   y_t = sum_n C_t[n] h_t[n] + D u_t,
-//   y *= silu(z);  d_t = softplus(delta + bias) when softplus.
-// Per-channel parameters are shared by `pdiv` consecutive channels (1 for Mamba-1; headdim for
-// Mamba-2, whose delta, A, D, bias are per head): entry e = c / pdiv. A is (entries, N) when
-// a_per_state, else (entries). B, C (batch, L, groups, N); channel c reads group c / (dim / G).
-struct ScanArgs {
-  int64_t batch = 0, L = 0, dim = 0, N = 0, G = 1, pdiv = 1;
-  bool a_per_state = true, softplus = false;
-  const void *u = nullptr, *delta = nullptr, *A = nullptr, *B = nullptr, *C = nullptr;
-  const void *D = nullptr, *z = nullptr, *bias = nullptr, *init = nullptr;
-};
+// ---- diagonal state-space scans (scan_args.h has their arguments and the math)
 // Forward: y, y_pre (may be null), final (may be null), checkpoints (may be null): the state
 // before every kScanChunk-th step, (batch, dim, ceil(L / kScanChunk), N).
-constexpr int64_t kScanChunk = 64;
 void launch_scan_forward(bool f64, const ScanArgs& a, void* y, void* y_pre, void* final_state,
                          void* checkpoints, cudaStream_t s);
 // Backward from the forward's checkpoints. Outputs summed with atomics (dB, dC, dA, dD, dbias,
 // and ddelta when pdiv > 1) must be zero on entry; du, dz, dinit are written whole.
-struct ScanGrads {
-  const void *dy = nullptr, *dfinal = nullptr;
-  void *du = nullptr, *ddelta = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr;
-  void *dD = nullptr, *dz = nullptr, *dbias = nullptr, *dinit = nullptr;
-};
 void launch_scan_backward(bool f64, const ScanArgs& a, const void* checkpoints, const ScanGrads& g,
                           cudaStream_t s);
 
-// Fast selective_scan (selective_scan.cu): f32, blocks of 32 channels inside one group, N <= 32.
-// Its checkpoints are (batch, ceil(L / kSelectiveFastCkpt), N, dim), the state before every
-// kSelectiveFastCkpt-th step: the size the op allocates for the CPU's. Forward and backward must
-// agree on the path, so both ask this one function.
-constexpr int64_t kSelectiveFastCkpt = 64;
-inline bool selective_scan_fast_fits(bool f64, const ScanArgs& a) {
-  return !f64 && a.pdiv == 1 && a.a_per_state && a.L >= 1 && a.batch >= 1 && a.batch <= 65535 &&
-         a.dim % 32 == 0 && a.G >= 1 && (a.dim / a.G) % 32 == 0 && a.N >= 1 && a.N <= 32;
-}
+// Fast selective_scan (selective_scan.cuh, scan_args.h's selective_scan_fast_fits).
 // Forward: y, final_state (may be null), checkpoints (may be null).
 void launch_selective_scan_fast_forward(const ScanArgs& a, void* y, void* final_state,
                                         void* checkpoints, cudaStream_t s);

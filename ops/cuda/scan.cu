@@ -454,8 +454,8 @@ void launch_conv_backward(bool f64, int64_t B, int64_t L, int64_t C, int64_t K, 
     if (dw_parts && B * L > 0) {
       const int64_t slices = dw_slices(B, L);
       auto* parts = static_cast<double*>(dw_parts);
-      conv_dw_parts_k<T><<<blocks_for(slices * C), 256, 0, s>>>(B, L, C, K, parts, dsp, xp, winp,
-                                                                 slices);
+      conv_dw_parts_k<T>
+          <<<blocks_for(slices * C), 256, 0, s>>>(B, L, C, K, parts, dsp, xp, winp, slices);
       conv_dw_finish_k<T><<<blocks_for((K + 1) * C), 256, 0, s>>>(
           C, K, static_cast<T*>(dw), static_cast<T*>(dbias), parts, slices);
     } else {

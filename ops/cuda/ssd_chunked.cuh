@@ -19,23 +19,12 @@
 // do not cancel), so dd_t = x_t . dX_t + A run_t and dA = sum d_t run_t.
 //
 // This file is CUDA source that also compiles as C++ for the CPU emulation of the tests
-// (tests/cuda/cuda_emu.h, included first): kernels use threadIdx/blockIdx, __shared__,
-// __syncthreads and atomicAdd only, and launch through COIL_SSD_LAUNCH.
+// (tests/cuda/cuda_emu.h, included first): see kernel_source.cuh; the tensor cores' mma goes
+// through mma_3xtf32.
 #pragma once
 #include <cstdint>
 
-#ifdef __CUDACC__
-#include <cuda_runtime.h>
-#define COIL_SSD_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
-#define COIL_SSD_DYNAMIC_SHARED(name) extern __shared__ double name##_raw[]
-#define COIL_UNROLL _Pragma("unroll")
-#else
-#define COIL_SSD_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ::coil::emu::launch(kernel, grid, block, smem, __VA_ARGS__)
-#define COIL_SSD_DYNAMIC_SHARED(name) double* name##_raw = ::coil::emu::dynamic_shared()
-#define COIL_UNROLL
-#endif
+#include "kernel_source.cuh"
 
 // Internal linkage: the test binary compiles this source for the CPU beside libcoil's own.
 namespace coil::cuda::ssd {
@@ -407,7 +396,7 @@ template <bool kTC>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Args a, const float* dd, const float* lc, const float* S0s, const float* Gs,
                     const float* gy, Grads g) {
-  COIL_SSD_DYNAMIC_SHARED(smem);
+  COIL_DYNAMIC_SHARED(double, smem_raw);
   double* sums = smem_raw;                             // [0]: alpha_last G . S0, [1]: dD's part
   float* W1 = reinterpret_cast<float*>(smem_raw + 2);  // w_ts (C_t . B_s)
   float* W2 = W1 + kTile * kLd;                        // w_ts d_s (gy_t . x_s)
@@ -617,8 +606,8 @@ inline unsigned tiles(int64_t n) { return static_cast<unsigned>((n + kTile - 1) 
 // d and lc (step_floats each) of every step.
 template <class Stream>
 void steps_forward(const Args& a, float* dd, float* lc, [[maybe_unused]] Stream s) {
-  COIL_SSD_LAUNCH(cumsum_kernel, dim3(blocks_of(a.batch * chunks(a.L) * a.H)), dim3(kThreads), 0, s,
-                  a, dd, lc);
+  COIL_LAUNCH(cumsum_kernel, dim3(blocks_of(a.batch * chunks(a.L) * a.H)), dim3(kThreads), 0, s, a,
+              dd, lc);
 }
 // steps_forward, then S (state_floats): the state entering every chunk, kept for the backward.
 // final_state may be null.
@@ -629,11 +618,10 @@ void chunk_state(bool tc, const Args& a, const float* U, const float* V, bool to
                  const float* dd, const float* lc, float* out, [[maybe_unused]] Stream s) {
   const dim3 grid(static_cast<unsigned>(a.batch * chunks(a.L) * a.H), tiles(a.P) * tiles(a.N));
   if (tc)
-    COIL_SSD_LAUNCH(chunk_state_kernel<true>, grid, dim3(kThreads), 0, s, a, U, V, to_end, dd, lc,
-                    out);
+    COIL_LAUNCH(chunk_state_kernel<true>, grid, dim3(kThreads), 0, s, a, U, V, to_end, dd, lc, out);
   else
-    COIL_SSD_LAUNCH(chunk_state_kernel<false>, grid, dim3(kThreads), 0, s, a, U, V, to_end, dd, lc,
-                    out);
+    COIL_LAUNCH(chunk_state_kernel<false>, grid, dim3(kThreads), 0, s, a, U, V, to_end, dd, lc,
+                out);
 }
 
 template <class Stream>
@@ -642,8 +630,8 @@ void states_forward(bool tc, const Args& a, float* dd, float* lc, float* S, floa
   const int64_t nc = chunks(a.L);
   steps_forward(a, dd, lc, s);
   chunk_state(tc, a, a.x, a.B, true, dd, lc, S, s);
-  COIL_SSD_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0,
-                  s, a.batch, nc, a.H, a.P * a.N, lc, S, a.init, final_state, false);
+  COIL_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0, s,
+              a.batch, nc, a.H, a.P * a.N, lc, S, a.init, final_state, false);
 }
 
 // y (and y_pre when not null) from the states states_forward left.
@@ -652,9 +640,9 @@ void output_forward(bool tc, const Args& a, const float* dd, const float* lc, co
                     float* y, float* y_pre, [[maybe_unused]] Stream s) {
   const dim3 grid(static_cast<unsigned>(a.batch * chunks(a.L) * a.H), tiles(a.P));
   if (tc)
-    COIL_SSD_LAUNCH(chunk_output_kernel<true>, grid, dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
+    COIL_LAUNCH(chunk_output_kernel<true>, grid, dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
   else
-    COIL_SSD_LAUNCH(chunk_output_kernel<false>, grid, dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
+    COIL_LAUNCH(chunk_output_kernel<false>, grid, dim3(kThreads), 0, s, a, dd, lc, S, y, y_pre);
 }
 
 // Every gradient from states_forward's dd, lc and S. Gbuf: state_floats of scratch; gy:
@@ -666,13 +654,13 @@ void backward(bool tc, const Args& a, const float* dd, const float* lc, const fl
   const float* gyp = g.dy;
   if (a.z) {
     const int64_t n = a.batch * a.L * a.H * a.P;
-    COIL_SSD_LAUNCH(gate_grad_kernel, dim3(blocks_of(n)), dim3(kThreads), 0, s, n, g.dy, a.z,
-                    g.y_pre, gy, g.dz);
+    COIL_LAUNCH(gate_grad_kernel, dim3(blocks_of(n)), dim3(kThreads), 0, s, n, g.dy, a.z, g.y_pre,
+                gy, g.dz);
     gyp = gy;
   }
   chunk_state(tc, a, gyp, a.C, false, dd, lc, Gbuf, s);
-  COIL_SSD_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0,
-                  s, a.batch, nc, a.H, a.P * a.N, lc, Gbuf, g.dfinal, g.dinit, true);
+  COIL_LAUNCH(state_pass_kernel, dim3(blocks_of(a.batch * a.H * a.P * a.N)), dim3(kThreads), 0, s,
+              a.batch, nc, a.H, a.P * a.N, lc, Gbuf, g.dfinal, g.dinit, true);
 #ifdef __CUDACC__
   cudaFuncSetAttribute(backward_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                        static_cast<int>(kBackwardSharedBytes));
@@ -680,11 +668,11 @@ void backward(bool tc, const Args& a, const float* dd, const float* lc, const fl
                        static_cast<int>(kBackwardSharedBytes));
 #endif
   if (tc)
-    COIL_SSD_LAUNCH(backward_kernel<true>, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
-                    kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
+    COIL_LAUNCH(backward_kernel<true>, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
+                kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
   else
-    COIL_SSD_LAUNCH(backward_kernel<false>, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
-                    kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
+    COIL_LAUNCH(backward_kernel<false>, dim3(static_cast<unsigned>(sites)), dim3(kThreads),
+                kBackwardSharedBytes, s, a, dd, lc, S, Gbuf, gyp, g);
 }
 
 }  // namespace

@@ -3,9 +3,10 @@
 // a std::barrier, blocks one after another (so `__shared__` arrays can be statics), atomicAdd as
 // std::atomic_ref. It checks the algorithm, not the GPU: timing, occupancy and the hardware's own
 // rounding of exp are not modelled. Include it before the kernel source (ops/cuda/*.cuh written
-// for it); kernels may use threadIdx, blockIdx, blockDim, gridDim, __shared__, dynamic shared
-// memory through the source's own macro, __syncthreads, atomicAdd, and the tensor cores' tf32
-// mma through the source's own wrapper (mma_m16n8k8_tf32 below, in PTX's fragment layout).
+// for it: ops/cuda/kernel_source.cuh); kernels may use threadIdx, blockIdx, blockDim, gridDim,
+// __shared__, dynamic shared memory, __syncthreads, atomicAdd, __shfl_xor_sync, float2/float4,
+// and the tensor cores' tf32 mma through the source's own wrapper (mma_3xtf32_x4 below, in
+// PTX's fragment layout).
 #pragma once
 #include <atomic>
 #include <algorithm>
@@ -29,6 +30,14 @@ struct dim3 {
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+struct float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+
 inline thread_local uint3 thread_idx, block_idx;
 inline dim3 block_dim, grid_dim;
 inline thread_local std::barrier<>* block_barrier = nullptr;
@@ -42,8 +51,20 @@ struct Warp {
   explicit Warp(unsigned lanes) : bar(lanes) {}
   std::barrier<> bar;
   uint32_t a[2][32][4] = {}, b[8][32][2] = {};  // a: hi, lo; b: hi of 4 tiles, lo of 4
+  float f[32] = {};                             // __shfl_xor_sync's values
 };
 inline thread_local Warp* this_warp = nullptr;
+
+// __shfl_xor_sync(mask, v, m): lane l gets lane (l ^ m)'s v (the whole warp takes part).
+inline float shfl_xor_sync(unsigned, float v, int m) {
+  Warp& w = *this_warp;
+  const unsigned lane = thread_idx.x % 32;
+  w.f[lane] = v;
+  w.bar.arrive_and_wait();
+  const float r = w.f[lane ^ static_cast<unsigned>(m)];
+  w.bar.arrive_and_wait();
+  return r;
+}
 
 inline float as_float(uint32_t r) { return std::bit_cast<float>(r); }
 // cvt.rna.tf32.f32: round the low 13 mantissa bits away, to nearest, ties away from zero.
@@ -134,6 +155,9 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... arg
 }  // namespace coil::emu
 
 using coil::emu::dim3;
+using coil::emu::float2;
+using coil::emu::float4;
+using coil::emu::make_float2;
 #define threadIdx (::coil::emu::thread_idx)
 #define blockIdx (::coil::emu::block_idx)
 #define blockDim (::coil::emu::block_dim)
@@ -142,7 +166,8 @@ using coil::emu::dim3;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __syncthreads() ::coil::emu::syncthreads()
 #define atomicAdd(p, v) ::coil::emu::atomic_add(p, v)
+#define __shfl_xor_sync(mask, v, m) ::coil::emu::shfl_xor_sync(mask, v, m)
