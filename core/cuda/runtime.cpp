@@ -311,15 +311,18 @@ void stream_synchronize_impl(int d, void* s) {
   DeviceGuard g(Device(kCUDA, d));
   check(cudaStreamSynchronize(static_cast<cudaStream_t>(s)), "cudaStreamSynchronize");
 }
-bool stream_query_impl(int d, void* s) {
-  DeviceGuard g(Device(kCUDA, d));
-  const cudaError_t st = cudaStreamQuery(static_cast<cudaStream_t>(s));
+// A query's answer: done (true), still running (false), or a CUDA error (thrown).
+bool query_done(cudaError_t st, const char* what) {
   if (st == cudaErrorNotReady) {
     (void)cudaGetLastError();
     return false;
   }
-  check(st, "cudaStreamQuery");
+  check(st, what);
   return true;
+}
+bool stream_query_impl(int d, void* s) {
+  DeviceGuard g(Device(kCUDA, d));
+  return query_done(cudaStreamQuery(static_cast<cudaStream_t>(s)), "cudaStreamQuery");
 }
 void stream_wait_event_impl(int d, void* s, void* e) {
   DeviceGuard g(Device(kCUDA, d));
@@ -348,13 +351,7 @@ void event_synchronize_impl(int d, void* e) {
 }
 bool event_query_impl(int d, void* e) {
   DeviceGuard g(Device(kCUDA, d));
-  const cudaError_t st = cudaEventQuery(static_cast<cudaEvent_t>(e));
-  if (st == cudaErrorNotReady) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  check(st, "cudaEventQuery");
-  return true;
+  return query_done(cudaEventQuery(static_cast<cudaEvent_t>(e)), "cudaEventQuery");
 }
 float event_elapsed_impl(int d, void* a, void* b) {
   DeviceGuard g(Device(kCUDA, d));

@@ -28,6 +28,7 @@
 
 #include "kernel_source.cuh"
 #include "scan_args.h"
+#include "scan_math.cuh"
 
 // Internal linkage: the test binary compiles this source for the CPU beside libcoil's own.
 namespace coil::cuda {
@@ -51,19 +52,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return std::exp2(x);
 #endif
 }
-
-// The step's delta after bias and softplus (threshold 20) and d(delta)/d(raw).
-__device__ __forceinline__ float softplus_of(float raw, bool on, float* deriv) {
-  if (!on || raw > 20.f) {
-    if (deriv) *deriv = 1.f;
-    return raw;
-  }
-  const float ex = expf(raw);
-  if (deriv) *deriv = ex / (1.f + ex);
-  return log1pf(ex);
-}
-
-__device__ __forceinline__ float sigmoid_of(float v) { return 1.f / (1.f + expf(-v)); }
 
 struct Geometry {
   int64_t L, dim, N, G;

@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "kernel_source.cuh"
+#include "scan_math.cuh"
 
 // Internal linkage: the test binary compiles this source for the CPU beside libcoil's own.
 namespace coil::cuda::ssd {
@@ -82,8 +83,6 @@ struct Site {
     return ((b * a.L + t0 + q) * a.G + g) * a.N;
   }
 };
-
-__device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 // The thread's share of a 64 x 64 product tile: acc[i][j] (R x C of them) at row row(i) and
 // column col(j). SIMT: a 16 x 16 grid of threads, 4 x 4 outputs each, 16 apart.
@@ -249,7 +248,7 @@ __global__ void cumsum_kernel(Args a, float* dd, float* lc) {
     float d = 0.0f;
     if (t0 + q < a.L) {
       const float v = a.dt[(b * a.L + t0 + q) * a.H + h] + bias;
-      d = a.softplus && v <= 20.0f ? log1pf(expf(v)) : v;
+      d = softplus_of(v, a.softplus, nullptr);
       run += d * A;
     }
     dd[i * kQ + q] = d;
@@ -371,7 +370,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t at = st.x_row(a, t) + p;
     const float v = fmaf(Dh, a.x[at], out[i][j]);
     if (y_pre) y_pre[at] = v;
-    y[at] = a.z ? v * a.z[at] * sigmoidf_(a.z[at]) : v;
+    y[at] = a.z ? v * a.z[at] * sigmoid_of(a.z[at]) : v;
   }
 }
 
@@ -380,7 +379,7 @@ __global__ void gate_grad_kernel(int64_t n, const float* dy, const float* z, con
                                  float* gy, float* dz) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float zv = z[i], sg = sigmoidf_(zv);
+  const float zv = z[i], sg = sigmoid_of(zv);
   gy[i] = dy[i] * zv * sg;
   if (dz) dz[i] = dy[i] * y_pre[i] * sg * (1.0f + zv * (1.0f - sg));
 }
@@ -586,7 +585,7 @@ __global__ void __launch_bounds__(kThreads)
       double ddv = XD[t] + A * run;
       if (a.softplus) {
         const float v = a.dt[(st.b * a.L + st.t0 + t) * a.H + st.h] + bias;
-        if (v <= 20.0f) ddv *= sigmoidf_(v);
+        if (v <= 20.0f) ddv *= sigmoid_of(v);
       }
       g.ddt[(st.b * a.L + st.t0 + t) * a.H + st.h] = static_cast<float>(ddv);
       dbias += ddv;
